@@ -1,0 +1,48 @@
+# memstore: every target sets up what it needs; only Python 3 and make are assumed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: help run migrate test lint format proto proto-check clean
+
+help:
+	@echo "make run      serve on 127.0.0.1:50051 (embedded PostgreSQL unless MEMSTORE_DATABASE_URL is set)"
+	@echo "make test     run the whole test suite"
+	@echo "make lint     ruff, mypy, buf lint, buf format check"
+	@echo "make proto    regenerate the Python stubs from protos/"
+	@echo "make clean    remove the virtualenv and the embedded database"
+
+# The virtualenv, rebuilt when a package definition changes.
+$(INSTALLED): pyproject.toml client/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ./client/python -e '.[dev]'
+	touch $@
+
+run: $(INSTALLED)
+	$(BIN)/memstore-server serve
+
+migrate: $(INSTALLED)
+	$(BIN)/memstore-server migrate
+
+test: $(INSTALLED)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	cd protos && ../$(BIN)/buf lint
+	cd protos && ../$(BIN)/buf format --diff --exit-code
+
+format: $(INSTALLED)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	cd protos && ../$(BIN)/buf format -w
+
+proto: $(INSTALLED)
+	$(BIN)/python scripts/generate_protos.py
+
+clean:
+	rm -rf $(VENV) .memstore .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""memstore: generated API packages (``memstore.v1``)."""

@@ -1,0 +1,116 @@
+"""The ``memstore-server`` command: ``serve`` and ``migrate``.
+
+Owns the process lifecycle: logging, the database (embedded or given), signals,
+and the two-stage exit (the first SIGTERM/Ctrl-C drains within the grace period,
+a second one stops at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
+
+import peewee
+
+from memstore_server import __version__
+from memstore_server.app import create_server
+from memstore_server.config import ConfigError, Settings, add_arguments, settings_from_args
+from memstore_server.database import open_database
+from memstore_server.embedded import EmbeddedPostgres, EmbeddedPostgresMissing
+from memstore_server.errors import ServiceError
+from memstore_server.migrations import migrate
+
+logger = logging.getLogger("memstore_server")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="memstore-server", description="memstore gRPC server")
+    parser.add_argument("--version", action="version", version=f"memstore-server {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "apply pending migrations, then serve gRPC until SIGTERM or Ctrl-C"),
+        ("migrate", "apply pending schema migrations and exit"),
+    ):
+        add_arguments(commands.add_parser(name, help=help_text), os.environ)
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as error:
+        parser.error(str(error))
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        with database(settings) as db:
+            applied = migrate(db)
+            logger.info("schema up to date (%d migration(s) applied now)", len(applied))
+            if args.command == "serve":
+                serve(settings, db)
+    except (EmbeddedPostgresMissing, ServiceError) as error:
+        logger.error("%s", error)
+        return 1
+    except peewee.OperationalError as error:
+        logger.error("cannot reach the database: %s", str(error).strip())
+        return 1
+    return 0
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[peewee.Database]:
+    """The pooled database of ``settings``, starting the embedded one when no URL is given."""
+    embedded = None
+    url = settings.database_url
+    if url is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        url = embedded.start()
+        logger.info("embedded PostgreSQL running under %s", settings.data_dir)
+    db = open_database(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
+    try:
+        yield db
+    finally:
+        db.close_all()
+        if embedded is not None:
+            embedded.stop()
+
+
+def serve(settings: Settings, db: peewee.Database) -> None:
+    """Serve until a signal asks to stop, then drain in-flight RPCs and return."""
+    server, port, health = create_server(settings, db)
+    server.start()
+    host = settings.listen.rpartition(":")[0]
+    logger.info("memstore %s serving on %s:%d", __version__, host, port)
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            logger.warning("second %s: stopping now", signal.Signals(signum).name)
+            server.stop(0)
+            return
+        stopping.set()
+        logger.info(
+            "%s: refusing new calls, giving in-flight ones %.0fs",
+            signal.Signals(signum).name,
+            settings.grace_period,
+        )
+        health.enter_graceful_shutdown()
+        server.stop(settings.grace_period)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.wait_for_termination()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

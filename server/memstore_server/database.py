@@ -1,0 +1,57 @@
+"""The connection pool, and the one place where a database failure becomes UNAVAILABLE.
+
+Peewee's pool (``playhouse.pool``) hands each thread its own connection for the
+length of a ``connection()`` block; the block returns it to the pool afterwards,
+and a connection broken by a failure is closed instead of being reused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import peewee
+import psycopg2.extensions
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+
+from memstore_server.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+# Fail fast when the server is unreachable instead of hanging until the RPC deadline.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def open_database(url: str, *, pool_size: int, pool_timeout: float) -> PooledPostgresqlDatabase:
+    """A pooled database for ``url`` (any libpq URL or key=value string); connects lazily."""
+    params = psycopg2.extensions.parse_dsn(url)
+    dbname = params.pop("dbname", None) or params.get("user") or "postgres"
+    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_SECONDS))
+    params.setdefault("application_name", "memstore")
+    return PooledPostgresqlDatabase(
+        dbname,
+        max_connections=pool_size,
+        timeout=pool_timeout,
+        stale_timeout=300,
+        **params,
+    )
+
+
+@contextmanager
+def connection(db: peewee.Database) -> Iterator[peewee.Database]:
+    """Hold one pooled connection for the block; database outages surface as Unavailable."""
+    try:
+        with db.connection_context():
+            yield db
+    except MaxConnectionsExceeded as error:
+        logger.warning("database pool exhausted: %s", error)
+        raise Unavailable(
+            "the server is busy: no database connection became free in time; retry with backoff",
+            reason="DATABASE_POOL_EXHAUSTED",
+        ) from error
+    except (peewee.OperationalError, peewee.InterfaceError) as error:
+        logger.warning("database unavailable: %s", error)
+        raise Unavailable(
+            "the database is unavailable; retry with backoff", reason="DATABASE_UNAVAILABLE"
+        ) from error

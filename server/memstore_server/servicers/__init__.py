@@ -1,0 +1,1 @@
+"""gRPC servicers, one per service: request -> validated arguments -> store call -> response."""

@@ -1,0 +1,77 @@
+"""How rows are read: the select lists shared by reads and RETURNING, and row -> message.
+
+The select lists let PostgreSQL do the cheap conversions (uuid to text, timestamps
+to epoch microseconds) so Python builds messages without datetime or UUID objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+from memstore.v1 import sessions_pb2, users_pb2
+
+
+def _micros(column: str) -> str:
+    # extract(epoch ...) is numeric (exact) since PostgreSQL 14.
+    return f"(extract(epoch FROM {column}) * 1000000)::bigint"
+
+
+USER_COLUMNS = (
+    "id, uuid::text, user_id, email, first_name, last_name, metadata, session_count, "
+    f"{_micros('created_at')}, {_micros('updated_at')}"
+)
+SESSION_COLUMNS = (
+    "id, uuid::text, session_id, coalesce(user_id, ''), metadata, "
+    f"{_micros('created_at')}, {_micros('updated_at')}"
+)
+
+Row = Sequence[Any]
+
+
+def fill_user(message: users_pb2.User, row: Row) -> users_pb2.User:
+    """Copy a USER_COLUMNS row into ``message`` and return it."""
+    message.id = row[0]
+    message.uuid = row[1]
+    message.user_id = row[2]
+    message.email = row[3]
+    message.first_name = row[4]
+    message.last_name = row[5]
+    if row[6]:
+        message.metadata.update(row[6])
+    message.session_count = row[7]
+    message.created_at.FromMicroseconds(row[8])
+    message.updated_at.FromMicroseconds(row[9])
+    return message
+
+
+def fill_session(message: sessions_pb2.Session, row: Row) -> sessions_pb2.Session:
+    """Copy a SESSION_COLUMNS row into ``message`` and return it."""
+    message.id = row[0]
+    message.uuid = row[1]
+    message.session_id = row[2]
+    message.user_id = row[3]
+    if row[4]:
+        message.metadata.update(row[4])
+    message.created_at.FromMicroseconds(row[5])
+    message.updated_at.FromMicroseconds(row[6])
+    return message
+
+
+def add_users(target: RepeatedCompositeFieldContainer[users_pb2.User], rows: Sequence[Row]) -> None:
+    for row in rows:
+        fill_user(target.add(), row)
+
+
+def add_sessions(target: RepeatedCompositeFieldContainer[sessions_pb2.Session], rows: Sequence[Row]) -> None:
+    for row in rows:
+        fill_session(target.add(), row)
+
+
+def next_cursor(rows: Sequence[Row], limit: int) -> tuple[Sequence[Row], int]:
+    """Given up to limit+1 rows, the page to return and its next_cursor (0 when nothing follows)."""
+    if len(rows) > limit:
+        page = rows[:limit]
+        return page, page[-1][0]
+    return rows, 0

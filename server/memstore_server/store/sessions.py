@@ -1,0 +1,125 @@
+"""Sessions: their queries and transactions, and the session counter of their user.
+
+Lock order, to stay free of deadlocks with DeleteUser (which locks the user row,
+then its sessions through the cascade): every write here that touches a user's
+counter locks the user row first and the session row second.
+"""
+
+from __future__ import annotations
+
+import peewee
+from memstore.v1 import sessions_pb2
+
+from memstore_server.database import connection
+from memstore_server.errors import AlreadyExists, InvalidArgument, session_not_found, user_not_found
+from memstore_server.models import Session, User
+from memstore_server.store.errors import violated_constraint
+from memstore_server.store.rows import SESSION_COLUMNS, add_sessions, fill_session, next_cursor
+from memstore_server.validation import MAX_METADATA_BYTES, Metadata, metadata_json, metadata_size
+
+_GET_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = %s"
+_LIST_SESSIONS = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id > %s ORDER BY id LIMIT %s"
+_LIST_USER_SESSIONS = (
+    f"SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = %s AND id > %s ORDER BY id LIMIT %s"
+)
+_USER_EXISTS = "SELECT 1 FROM users WHERE user_id = %s"
+_SESSION_OWNER = "SELECT user_id FROM sessions WHERE session_id = %s"
+_LOCK_USER = "SELECT 1 FROM users WHERE user_id = %s FOR UPDATE"
+_TOUCH = peewee.SQL("GREATEST(clock_timestamp(), updated_at + interval '1 microsecond')")
+_RETURN_SESSION = peewee.SQL(SESSION_COLUMNS)
+# A session deleted and re-created under another user between our read of its
+# owner and our lock makes us start over; this bounds how often.
+_DELETE_ATTEMPTS = 5
+
+
+class SessionStore:
+    def __init__(self, db: peewee.Database) -> None:
+        self._db = db
+
+    def create(self, session_id: str, user_id: str, metadata: Metadata) -> sessions_pb2.Session:
+        insert = Session.insert(
+            session_id=session_id, user=user_id or None, metadata=metadata.value
+        ).returning(_RETURN_SESSION)
+        with connection(self._db) as db, db.atomic():
+            if user_id:
+                counted = db.execute(
+                    User.update(session_count=User.session_count + 1).where(User.user_id == user_id)
+                )
+                if counted.rowcount == 0:
+                    raise user_not_found(user_id)
+            try:
+                row = db.execute(insert).fetchone()
+            except peewee.IntegrityError as error:
+                if violated_constraint(error) == "sessions_session_id_key":
+                    raise AlreadyExists(
+                        f"session {session_id!r} already exists",
+                        reason="SESSION_ALREADY_EXISTS",
+                        metadata={"session_id": session_id},
+                    ) from error
+                raise
+        return fill_session(sessions_pb2.Session(), row)
+
+    def get(self, session_id: str) -> sessions_pb2.Session:
+        with connection(self._db) as db:
+            row = db.execute_sql(_GET_SESSION, (session_id,)).fetchone()
+        if row is None:
+            raise session_not_found(session_id)
+        return fill_session(sessions_pb2.Session(), row)
+
+    def update(self, session_id: str, metadata: Metadata | None, *, replace: bool) -> sessions_pb2.Session:
+        values: dict[object, object] = {Session.updated_at: _TOUCH}
+        if metadata is not None:
+            values[Session.metadata] = (
+                metadata.value
+                if replace
+                else peewee.SQL("memstore_jsonb_merge(metadata, %s::jsonb)", (metadata.json_text,))
+            )
+        query = Session.update(values).where(Session.session_id == session_id).returning(_RETURN_SESSION)
+        with connection(self._db) as db, db.atomic():
+            row = db.execute(query).fetchone()
+            if row is None:
+                raise session_not_found(session_id)
+            size = metadata_size(metadata_json(row[4]))
+            if size > MAX_METADATA_BYTES:
+                raise InvalidArgument.single(
+                    "metadata",
+                    f"the merged metadata would be {size} bytes; at most {MAX_METADATA_BYTES} are allowed",
+                )
+        return fill_session(sessions_pb2.Session(), row)
+
+    def delete(self, session_id: str) -> None:
+        with connection(self._db) as db:
+            for _ in range(_DELETE_ATTEMPTS):
+                owner_row = db.execute_sql(_SESSION_OWNER, (session_id,)).fetchone()
+                if owner_row is None:
+                    raise session_not_found(session_id)
+                owner = owner_row[0]
+                with db.atomic():
+                    if owner is not None:
+                        db.execute_sql(_LOCK_USER, (owner,))
+                    deleted = db.execute(
+                        Session.delete().where(
+                            (Session.session_id == session_id)
+                            & (Session.user.is_null() if owner is None else Session.user == owner)
+                        )
+                    )
+                    if deleted.rowcount == 1:
+                        if owner is not None:
+                            db.execute(
+                                User.update(session_count=User.session_count - 1).where(User.user_id == owner)
+                            )
+                        return
+            raise session_not_found(session_id)
+
+    def page(self, after: int, limit: int, user_id: str = "") -> sessions_pb2.ListSessionsResponse:
+        with connection(self._db) as db:
+            if user_id:
+                if db.execute_sql(_USER_EXISTS, (user_id,)).fetchone() is None:
+                    raise user_not_found(user_id)
+                rows = db.execute_sql(_LIST_USER_SESSIONS, (user_id, after, limit + 1)).fetchall()
+            else:
+                rows = db.execute_sql(_LIST_SESSIONS, (after, limit + 1)).fetchall()
+        page, cursor = next_cursor(rows, limit)
+        response = sessions_pb2.ListSessionsResponse(next_cursor=cursor)
+        add_sessions(response.sessions, page)
+        return response

@@ -1,0 +1,169 @@
+"""The input rules of the API, applied before anything touches the database.
+
+A :class:`RequestChecker` collects every violation of one request, so a caller
+learns about all of its bad fields at once, and raises one InvalidArgument.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import email_validator
+from google.protobuf import field_mask_pb2, struct_pb2
+
+from memstore_server.errors import FieldViolation, InvalidArgument
+
+MAX_ID_LENGTH = 255
+MAX_NAME_LENGTH = 255
+MAX_METADATA_BYTES = 64 * 1024
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# Integral doubles below this are stored as JSON integers, so they read back as written.
+_EXACT_INTEGER_LIMIT = 2**53
+
+JSONValue = Any  # None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """A validated metadata object and its compact JSON text, ready for a jsonb column."""
+
+    value: dict[str, JSONValue]
+    json_text: str
+
+
+def metadata_json(value: dict[str, JSONValue]) -> str:
+    """The compact JSON form by which metadata size is measured and sent to PostgreSQL."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def metadata_size(json_text: str) -> int:
+    """Bytes of metadata as counted against MAX_METADATA_BYTES."""
+    return len(json_text.encode("utf-8"))
+
+
+class RequestChecker:
+    """Checks the fields of one request and raises all violations together."""
+
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def fail(self, field: str, description: str) -> None:
+        self.violations.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        if self.violations:
+            raise InvalidArgument(self.violations)
+
+    def identifier(self, field: str, value: str, *, required: bool = True) -> str:
+        """A caller-chosen id: 1-255 characters, no control characters."""
+        if not value:
+            if required:
+                self.fail(field, "is required")
+            return value
+        if len(value) > MAX_ID_LENGTH:
+            self.fail(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
+        elif any(unicodedata.category(char) == "Cc" for char in value):
+            self.fail(field, "must not contain control characters")
+        return value
+
+    def name(self, field: str, value: str) -> str:
+        """A person's name: at most 255 characters, no NUL (PostgreSQL text cannot hold it)."""
+        if len(value) > MAX_NAME_LENGTH:
+            self.fail(field, f"must be at most {MAX_NAME_LENGTH} characters, got {len(value)}")
+        elif "\x00" in value:
+            self.fail(field, "must not contain NUL characters")
+        return value
+
+    def email(self, field: str, value: str) -> str:
+        """Empty, or a syntactically valid address (no DNS lookup) of at most 255 characters."""
+        if not value:
+            return value
+        if len(value) > MAX_NAME_LENGTH:
+            self.fail(field, f"must be at most {MAX_NAME_LENGTH} characters, got {len(value)}")
+            return value
+        try:
+            email_validator.validate_email(value, check_deliverability=False)
+        except email_validator.EmailNotValidError as error:
+            self.fail(field, f"is not a valid email address: {error}")
+        return value
+
+    def metadata(self, field: str, struct: struct_pb2.Struct) -> Metadata:
+        """A JSON object of at most 64 KiB, with no NUL characters and only finite numbers."""
+        value = self._object(field, struct)
+        try:
+            json_text = metadata_json(value)
+        except ValueError:  # only reached when _object already recorded the bad number
+            return Metadata({}, "{}")
+        size = metadata_size(json_text)
+        if size > MAX_METADATA_BYTES:
+            self.fail(field, f"must be at most {MAX_METADATA_BYTES} bytes as compact JSON, got {size}")
+        return Metadata(value, json_text)
+
+    def page_size(self, field: str, value: int) -> int:
+        """0 means the default; above the maximum is coerced to it; negative is refused."""
+        if value < 0:
+            self.fail(field, "must not be negative")
+            return DEFAULT_PAGE_SIZE
+        if value == 0:
+            return DEFAULT_PAGE_SIZE
+        return min(value, MAX_PAGE_SIZE)
+
+    def cursor(self, field: str, value: int) -> int:
+        """The last id already seen; 0 starts at the beginning."""
+        if value < 0:
+            self.fail(field, "must not be negative")
+            return 0
+        return value
+
+    def update_mask(
+        self, field: str, mask: field_mask_pb2.FieldMask, allowed: Iterable[str]
+    ) -> frozenset[str]:
+        """The named fields, each of which must be updatable."""
+        allowed_set = frozenset(allowed)
+        paths = frozenset(mask.paths)
+        for path in sorted(paths - allowed_set):
+            self.fail(field, f"cannot update {path!r}; updatable fields are {', '.join(sorted(allowed_set))}")
+        if not paths:
+            self.fail(field, "names no field; leave it unset to update the fields that are present")
+        return paths & allowed_set
+
+    def _object(self, path: str, struct: struct_pb2.Struct) -> dict[str, JSONValue]:
+        result: dict[str, JSONValue] = {}
+        for key, item in struct.fields.items():
+            item_path = f"{path}.{key}"
+            if "\x00" in key:
+                self.fail(path, "keys must not contain NUL characters")
+                continue
+            result[key] = self._value(item_path, item)
+        return result
+
+    def _value(self, path: str, item: struct_pb2.Value) -> JSONValue:
+        kind = item.WhichOneof("kind")
+        if kind == "string_value":
+            if "\x00" in item.string_value:
+                self.fail(path, "must not contain NUL characters")
+            return item.string_value
+        if kind == "number_value":
+            number = item.number_value
+            if not math.isfinite(number):
+                self.fail(path, "must be a finite number (no NaN or infinity)")
+                return None
+            if number.is_integer() and abs(number) < _EXACT_INTEGER_LIMIT:
+                return int(number)
+            return number
+        if kind == "bool_value":
+            return item.bool_value
+        if kind == "struct_value":
+            return self._object(path, item.struct_value)
+        if kind == "list_value":
+            return [
+                self._value(f"{path}[{index}]", element)
+                for index, element in enumerate(item.list_value.values)
+            ]
+        return None  # null_value, or a Value with no kind set, which JSON can only show as null
