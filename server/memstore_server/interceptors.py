@@ -80,6 +80,9 @@ class AccessLogInterceptor(ServerInterceptor):
         try:
             yield from stream
             outcome = grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
+        except GeneratorExit:  # gRPC closes the stream's generator when the call is cancelled
+            outcome = grpc.StatusCode.CANCELLED
+            raise
         finally:
             _log(method_name, context, started, outcome)
 
