@@ -1,0 +1,102 @@
+"""The error boundary: what a caller sees when something unexpected or the database fails."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import grpc
+import peewee
+import pytest
+from memstore.v1 import users_pb2, users_pb2_grpc
+from memstore_server.app import create_server
+from memstore_server.config import Settings
+from memstore_server.database import open_database
+from memstore_server.interceptors import ErrorInterceptor
+
+from tests.support import TIMEOUT, details_of, expect_error
+
+
+class _BrokenUsers(users_pb2_grpc.UserServiceServicer):
+    """A servicer whose every call hits a bug, to see what leaks to the caller."""
+
+    def GetUser(  # noqa: N802 - gRPC method name
+        self, request: users_pb2.GetUserRequest, context: grpc.ServicerContext
+    ) -> users_pb2.GetUserResponse:
+        raise RuntimeError('syntax error at or near "SELECT secret_column FROM users"')
+
+    def ListUsersChunked(  # noqa: N802
+        self, request: users_pb2.ListUsersChunkedRequest, context: grpc.ServicerContext
+    ) -> Iterator[users_pb2.ListUsersChunkedResponse]:
+        yield users_pb2.ListUsersChunkedResponse(users=[users_pb2.User(user_id="first")], next_cursor=1)
+        raise KeyError("internal detail")
+
+
+@pytest.fixture
+def broken_server() -> Iterator[users_pb2_grpc.UserServiceStub]:
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[ErrorInterceptor()])
+    users_pb2_grpc.add_UserServiceServicer_to_server(_BrokenUsers(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield users_pb2_grpc.UserServiceStub(channel)
+    server.stop(None)
+
+
+def test_an_unexpected_error_is_internal_with_nothing_internal_in_it(
+    broken_server: users_pb2_grpc.UserServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    details = expect_error(
+        broken_server.GetUser, users_pb2.GetUserRequest(user_id="u"), grpc.StatusCode.INTERNAL
+    )
+    assert "secret_column" not in details.message
+    assert "Traceback" not in details.message
+    assert details.reason == "INTERNAL"
+    assert any("secret_column" in (r.exc_text or "") or r.exc_info for r in caplog.records), "not logged"
+
+
+def test_an_error_mid_stream_ends_the_stream_with_internal(
+    broken_server: users_pb2_grpc.UserServiceStub,
+) -> None:
+    responses = broken_server.ListUsersChunked(users_pb2.ListUsersChunkedRequest(), timeout=TIMEOUT)
+    assert next(responses).users[0].user_id == "first"
+    with pytest.raises(grpc.RpcError) as raised:
+        next(responses)
+    details = details_of(raised.value)
+    assert details.code == grpc.StatusCode.INTERNAL
+    assert "internal detail" not in details.message
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def server_without_database() -> Iterator[grpc.Channel]:
+    """A memstore whose database cannot be reached (nothing listens on its port)."""
+    db: peewee.Database = open_database(
+        f"postgresql://memstore@127.0.0.1:{_closed_port()}/memstore", pool_size=2, pool_timeout=1
+    )
+    handle = create_server(Settings(listen="127.0.0.1:0"), db)
+    handle.server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+        yield channel
+    handle.server.stop(None)
+
+
+def test_database_down_is_unavailable_fast(server_without_database: grpc.Channel) -> None:
+    users = users_pb2_grpc.UserServiceStub(server_without_database)
+    started = time.monotonic()
+    details = expect_error(users.GetUser, users_pb2.GetUserRequest(user_id="u"), grpc.StatusCode.UNAVAILABLE)
+    assert time.monotonic() - started < 5
+    assert details.reason == "DATABASE_UNAVAILABLE"
+    assert "127.0.0.1" not in details.message  # no connection details leak
+    with pytest.raises(grpc.RpcError) as raised:
+        list(users.ListUsersChunked(users_pb2.ListUsersChunkedRequest(), timeout=TIMEOUT))
+    assert details_of(raised.value).code == grpc.StatusCode.UNAVAILABLE
