@@ -4,13 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help run migrate test lint format proto proto-check clean
+.PHONY: help run migrate test lint format proto clean bench-model
 
 help:
 	@echo "make run      serve on 127.0.0.1:50051 (embedded PostgreSQL unless MEMSTORE_DATABASE_URL is set)"
 	@echo "make test     run the whole test suite"
 	@echo "make lint     ruff, mypy, buf lint, buf format check"
 	@echo "make proto    regenerate the Python stubs from protos/"
+	@echo "make bench-model  measure the sync and grpc.aio server models side by side"
 	@echo "make clean    remove the virtualenv and the embedded database"
 
 # The virtualenv, rebuilt when a package definition changes.
@@ -46,3 +47,7 @@ proto: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) .memstore .pytest_cache .mypy_cache .ruff_cache
+
+# Which server model is faster here (sync thread pool or grpc.aio); prints a table.
+bench-model: $(INSTALLED)
+	$(BIN)/python bench/server_model.py $(BENCH_ARGS)

@@ -17,7 +17,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
+import grpc
 import peewee
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from memstore_server import __version__
 from memstore_server.app import create_server
@@ -37,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, help_text in (
         ("serve", "apply pending migrations, then serve gRPC until SIGTERM or Ctrl-C"),
         ("migrate", "apply pending schema migrations and exit"),
+        ("healthcheck", "ask the server at --listen whether it is SERVING (exit 0) or not (exit 1)"),
     ):
         add_arguments(commands.add_parser(name, help=help_text), os.environ)
     args = parser.parse_args(argv)
@@ -47,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if args.command == "healthcheck":
+        return healthcheck(settings.listen)
     try:
         with database(settings) as db:
             applied = migrate(db)
@@ -60,6 +65,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("cannot reach the database: %s", str(error).strip())
         return 1
     return 0
+
+
+def healthcheck(listen: str, timeout: float = 3.0) -> int:
+    """0 when the server at ``listen`` reports SERVING over the gRPC health service, else 1.
+
+    For container health checks and exec probes: a wildcard listen address is
+    checked on the loopback interface.
+    """
+    host, _, port = listen.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        host = "127.0.0.1"
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError as error:
+            print(f"not serving: {error.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 @contextlib.contextmanager
