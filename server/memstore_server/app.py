@@ -32,6 +32,10 @@ SERVICE_NAMES = (
 )
 
 
+class ListenError(RuntimeError):
+    """The listen address could not be bound."""
+
+
 class ServerHandle(NamedTuple):
     server: grpc.Server
     port: int
@@ -64,6 +68,11 @@ def create_server(settings: Settings, db: peewee.Database) -> ServerHandle:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(settings.listen)
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as error:  # grpc reports a failed bind this way
+        raise ListenError(
+            f"cannot listen on {settings.listen}: is the address in use, or not this host's?"
+        ) from error
     logger.info("bound %s (port %d)", settings.listen, port)
     return ServerHandle(server, port, health_servicer)

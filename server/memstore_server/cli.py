@@ -22,7 +22,7 @@ import peewee
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from memstore_server import __version__
-from memstore_server.app import create_server
+from memstore_server.app import ListenError, create_server
 from memstore_server.config import ConfigError, Settings, add_arguments, settings_from_args
 from memstore_server.database import open_database
 from memstore_server.embedded import EmbeddedPostgres, EmbeddedPostgresMissing
@@ -58,11 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("schema up to date (%d migration(s) applied now)", len(applied))
             if args.command == "serve":
                 serve(settings, db)
-    except (EmbeddedPostgresMissing, ServiceError) as error:
+    except (EmbeddedPostgresMissing, ServiceError, ListenError) as error:
         logger.error("%s", error)
         return 1
     except peewee.OperationalError as error:
-        logger.error("cannot reach the database: %s", str(error).strip())
+        logger.error("cannot reach the database: %s", " ".join(str(error).split()))
         return 1
     return 0
 

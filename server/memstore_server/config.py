@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg2.extensions
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".memstore")
 
@@ -46,10 +48,14 @@ class Settings:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ConfigError(f"--listen / MEMSTORE_LISTEN must be HOST:PORT, got {self.listen!r}")
-        if self.database_url is not None and not self.database_url.startswith(
-            ("postgres://", "postgresql://")
-        ):
-            raise ConfigError("--database-url / MEMSTORE_DATABASE_URL must be a postgresql:// URL")
+        if self.database_url is not None:
+            try:
+                psycopg2.extensions.parse_dsn(self.database_url)
+            except psycopg2.ProgrammingError as error:
+                raise ConfigError(
+                    "--database-url / MEMSTORE_DATABASE_URL must be a postgresql:// URL "
+                    "or a libpq key=value string"
+                ) from error
         if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":
             raise ConfigError(f"--log-level / MEMSTORE_LOG_LEVEL: unknown level {self.log_level!r}")
         for name in ("max_workers", "db_pool_size", "max_receive_message_bytes"):
