@@ -1,0 +1,210 @@
+"""The synchronous client: ``MemstoreClient("localhost:50051").user.get("user123")``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
+
+from memstore_client._transport import (
+    DEFAULT_TIMEOUT,
+    ChannelOptions,
+    ResumePolicy,
+    call_metadata,
+    channel_credentials,
+    channel_options,
+)
+from memstore_client.errors import translate
+from memstore_client.models import (
+    CreateSessionRequest,
+    CreateUserRequest,
+    Session,
+    UpdateSessionRequest,
+    UpdateUserRequest,
+    User,
+    create_session_proto,
+    create_user_proto,
+    session_from_proto,
+    update_session_proto,
+    update_user_proto,
+    user_from_proto,
+)
+
+Response = TypeVar("Response")
+# Named results: inside the clients, ``list`` is a method name.
+Users = list[User]
+Sessions = list[Session]
+# Sessions fetched per request when get_sessions gathers all of a user's sessions.
+_PAGE = 1000
+
+
+class _Caller:
+    """Sends one unary call with the client's deadline and metadata; failures become MemstoreErrors."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...], timeout: float | None) -> None:
+        self.metadata = metadata
+        self.timeout = timeout
+
+    def __call__(self, method: Callable[..., Response], request: Any, timeout: float | None) -> Response:
+        try:
+            return method(
+                request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata
+            )
+        except grpc.RpcError as error:
+            raise translate(error) from None
+
+
+class UserClient:
+    """``client.user``: the reference page's user operations."""
+
+    def __init__(self, channel: grpc.Channel, caller: _Caller, resume: ResumePolicy) -> None:
+        self._stub = users_pb2_grpc.UserServiceStub(channel)
+        self._call = caller
+        self._resume = resume
+
+    def add(self, request: CreateUserRequest, *, timeout: float | None = None) -> User:
+        response = self._call(self._stub.CreateUser, create_user_proto(request), timeout)
+        return user_from_proto(response.user)
+
+    def get(self, user_id: str, *, timeout: float | None = None) -> User:
+        response = self._call(self._stub.GetUser, users_pb2.GetUserRequest(user_id=user_id), timeout)
+        return user_from_proto(response.user)
+
+    def update(self, request: UpdateUserRequest, *, timeout: float | None = None) -> User:
+        response = self._call(self._stub.UpdateUser, update_user_proto(request), timeout)
+        return user_from_proto(response.user)
+
+    def delete(self, user_id: str, *, timeout: float | None = None) -> None:
+        self._call(self._stub.DeleteUser, users_pb2.DeleteUserRequest(user_id=user_id), timeout)
+
+    def list(self, limit: int = 0, cursor: int = 0, *, timeout: float | None = None) -> Users:
+        """One page of users after ``cursor`` (an id); pass the last user's ``id`` to get the next."""
+        response = self._call(
+            self._stub.ListUsers, users_pb2.ListUsersRequest(limit=limit, cursor=cursor), timeout
+        )
+        return [user_from_proto(user) for user in response.users]
+
+    def get_sessions(self, user_id: str, *, timeout: float | None = None) -> Sessions:
+        """All of the user's sessions, in id order (gathered page by page)."""
+        sessions: Sessions = []
+        cursor = 0
+        while True:
+            request = users_pb2.GetUserSessionsRequest(user_id=user_id, limit=_PAGE, cursor=cursor)
+            response = self._call(self._stub.GetUserSessions, request, timeout)
+            sessions.extend(session_from_proto(session) for session in response.sessions)
+            if response.next_cursor == 0:
+                return sessions
+            cursor = response.next_cursor
+
+    def list_chunked(self, chunk_size: int = 100, cursor: int = 0) -> Iterator[Users]:
+        """Every user after ``cursor``, ``chunk_size`` at a time, over one ListUsersChunked stream.
+
+        A stream broken by a retryable status (the server restarting, say) is resumed
+        from the last chunk received, so no user comes twice and none is missed. The
+        stream has no deadline: it lasts as long as the table.
+        """
+        failures = 0
+        while True:
+            request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=cursor)
+            stream = self._stub.ListUsersChunked(request, metadata=self._call.metadata)
+            received = False
+            try:
+                for message in stream:
+                    chunk = [user_from_proto(user) for user in message.users]
+                    failures = 0
+                    received = True
+                    cursor = message.next_cursor
+                    yield chunk
+                    if cursor == 0:
+                        return
+                if not received:
+                    return  # nothing (more) after the cursor
+                # It ended without its final message (next_cursor 0): ask again from where it stopped.
+            except grpc.RpcError as error:
+                failures += 1
+                delay = self._resume.delay(error.code(), failures)
+                if delay is None:
+                    raise translate(error) from None
+                time.sleep(delay)
+            finally:
+                stream.cancel()
+
+
+class SessionClient:
+    """``client.session``: session operations in the same style."""
+
+    def __init__(self, channel: grpc.Channel, caller: _Caller) -> None:
+        self._stub = sessions_pb2_grpc.SessionServiceStub(channel)
+        self._call = caller
+
+    def add(self, request: CreateSessionRequest, *, timeout: float | None = None) -> Session:
+        response = self._call(self._stub.CreateSession, create_session_proto(request), timeout)
+        return session_from_proto(response.session)
+
+    def get(self, session_id: str, *, timeout: float | None = None) -> Session:
+        response = self._call(
+            self._stub.GetSession, sessions_pb2.GetSessionRequest(session_id=session_id), timeout
+        )
+        return session_from_proto(response.session)
+
+    def update(self, request: UpdateSessionRequest, *, timeout: float | None = None) -> Session:
+        response = self._call(self._stub.UpdateSession, update_session_proto(request), timeout)
+        return session_from_proto(response.session)
+
+    def delete(self, session_id: str, *, timeout: float | None = None) -> None:
+        self._call(
+            self._stub.DeleteSession, sessions_pb2.DeleteSessionRequest(session_id=session_id), timeout
+        )
+
+    def list(
+        self, limit: int = 0, cursor: int = 0, *, user_id: str = "", timeout: float | None = None
+    ) -> Sessions:
+        """One page of sessions after ``cursor``, optionally only those of ``user_id``."""
+        request = sessions_pb2.ListSessionsRequest(limit=limit, cursor=cursor, user_id=user_id)
+        response = self._call(self._stub.ListSessions, request, timeout)
+        return [session_from_proto(session) for session in response.sessions]
+
+
+class MemstoreClient:
+    """A connection to memstore. Use it as a context manager, or call ``close()``.
+
+    ``timeout`` is the default deadline of every unary call, in seconds (each method
+    takes ``timeout=`` to override it); ``api_key`` is sent as a bearer token; ``tls``
+    is True for the system's trusted roots, or a ``grpc.ChannelCredentials``.
+    """
+
+    def __init__(
+        self,
+        address: str = "localhost:50051",
+        *,
+        api_key: str | None = None,
+        tls: bool | grpc.ChannelCredentials = False,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        options: ChannelOptions = (),
+        resume: ResumePolicy | None = None,
+    ) -> None:
+        credentials = channel_credentials(tls)
+        all_options = channel_options(options)
+        self._channel = (
+            grpc.secure_channel(address, credentials, options=all_options)
+            if credentials is not None
+            else grpc.insecure_channel(address, options=all_options)
+        )
+        caller = _Caller(call_metadata(api_key), timeout)
+        self.user = UserClient(self._channel, caller, resume or ResumePolicy())
+        self.session = SessionClient(self._channel, caller)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> MemstoreClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,170 @@
+"""The client's own types: what callers build and what they get back.
+
+Requests accept plain dicts for metadata; results carry plain dicts and UTC
+datetimes, with attributes named as in the proto, so callers never touch protobuf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
+from memstore.v1 import sessions_pb2, users_pb2
+
+JSONObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class User:
+    """A user as stored by memstore."""
+
+    user_id: str
+    email: str
+    first_name: str
+    last_name: str
+    metadata: JSONObject
+    uuid: str
+    id: int
+    created_at: datetime
+    updated_at: datetime
+    session_count: int
+
+
+@dataclass(frozen=True)
+class Session:
+    """A session as stored by memstore; ``user_id`` is "" for a session of no user."""
+
+    session_id: str
+    user_id: str
+    metadata: JSONObject
+    uuid: str
+    id: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class CreateUserRequest:
+    user_id: str
+    email: str = ""
+    first_name: str = ""
+    last_name: str = ""
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class UpdateUserRequest:
+    """What to change. ``None`` leaves a field as stored; ``""`` clears it.
+
+    ``metadata`` is deep-merged into the stored object (a ``None`` value inside it
+    removes that key); with ``update_mask``, exactly the named fields are replaced.
+    """
+
+    user_id: str
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    update_mask: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class CreateSessionRequest:
+    session_id: str
+    user_id: str = ""
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class UpdateSessionRequest:
+    """``metadata`` is deep-merged; with ``update_mask=["metadata"]`` it replaces the stored object."""
+
+    session_id: str
+    metadata: Mapping[str, Any] | None = None
+    update_mask: Sequence[str] | None = field(default=None)
+
+
+def _struct(value: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    if value is None:
+        return None
+    result = struct_pb2.Struct()
+    result.update(value)
+    return result
+
+
+def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=timezone.utc)
+
+
+def _json(struct: struct_pb2.Struct) -> JSONObject:
+    value: JSONObject = json_format.MessageToDict(struct)
+    return value
+
+
+def user_from_proto(message: users_pb2.User) -> User:
+    return User(
+        user_id=message.user_id,
+        email=message.email,
+        first_name=message.first_name,
+        last_name=message.last_name,
+        metadata=_json(message.metadata),
+        uuid=message.uuid,
+        id=message.id,
+        created_at=_datetime(message.created_at),
+        updated_at=_datetime(message.updated_at),
+        session_count=message.session_count,
+    )
+
+
+def session_from_proto(message: sessions_pb2.Session) -> Session:
+    return Session(
+        session_id=message.session_id,
+        user_id=message.user_id,
+        metadata=_json(message.metadata),
+        uuid=message.uuid,
+        id=message.id,
+        created_at=_datetime(message.created_at),
+        updated_at=_datetime(message.updated_at),
+    )
+
+
+def create_user_proto(request: CreateUserRequest) -> users_pb2.CreateUserRequest:
+    return users_pb2.CreateUserRequest(
+        user_id=request.user_id,
+        email=request.email,
+        first_name=request.first_name,
+        last_name=request.last_name,
+        metadata=_struct(request.metadata),
+    )
+
+
+def update_user_proto(request: UpdateUserRequest) -> users_pb2.UpdateUserRequest:
+    return users_pb2.UpdateUserRequest(
+        user_id=request.user_id,
+        email=request.email,
+        first_name=request.first_name,
+        last_name=request.last_name,
+        metadata=_struct(request.metadata),
+        update_mask=_mask(request.update_mask),
+    )
+
+
+def create_session_proto(request: CreateSessionRequest) -> sessions_pb2.CreateSessionRequest:
+    return sessions_pb2.CreateSessionRequest(
+        session_id=request.session_id, user_id=request.user_id, metadata=_struct(request.metadata)
+    )
+
+
+def update_session_proto(request: UpdateSessionRequest) -> sessions_pb2.UpdateSessionRequest:
+    return sessions_pb2.UpdateSessionRequest(
+        session_id=request.session_id,
+        metadata=_struct(request.metadata),
+        update_mask=_mask(request.update_mask),
+    )
+
+
+def _mask(paths: Sequence[str] | None) -> field_mask_pb2.FieldMask | None:
+    return None if paths is None else field_mask_pb2.FieldMask(paths=list(paths))

@@ -1,0 +1,113 @@
+"""list_chunked: order, gaps, users added while it runs, and resuming a stream the server broke."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import peewee
+import pytest
+from memstore_client import AsyncMemstoreClient, MemstoreClient, ResumePolicy
+from memstore_server.app import ServerHandle, create_server
+from memstore_server.config import Settings
+
+from tests.test_listing import bulk_users, delete_ids
+
+pytestmark = pytest.mark.usefixtures("empty_store")
+
+
+def test_list_chunked_over_a_table_with_gaps(client: MemstoreClient, db: peewee.Database) -> None:
+    ids = bulk_users(db, 230)
+    gone = ids[3:40] + ids[100:101] + ids[-1:]
+    delete_ids(db, gone)
+    chunks = list(client.user.list_chunked(chunk_size=25))
+    assert [u.id for chunk in chunks for u in chunk] == [i for i in ids if i not in gone]
+    assert all(len(chunk) == 25 for chunk in chunks[:-1])
+
+
+def test_list_chunked_with_users_added_while_it_runs(client: MemstoreClient, db: peewee.Database) -> None:
+    ids = bulk_users(db, 300, pad=4000)
+    received: list[int] = []
+    added: list[int] = []
+    for number, chunk in enumerate(client.user.list_chunked(chunk_size=1)):
+        received.extend(u.id for u in chunk)
+        if number in (0, 50):
+            added.extend(bulk_users(db, 3))
+    assert len(received) == len(set(received))
+    assert received[: len(ids)] == ids
+    assert received[len(ids) :] == added  # added after the stream's position: they come, once
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def restartable(db: peewee.Database) -> Iterator[list[ServerHandle]]:
+    """Servers on one fixed port; the test stops one and starts the next. All are stopped afterwards."""
+    handles: list[ServerHandle] = []
+    yield handles
+    for handle in handles:
+        handle.server.stop(None)
+
+
+def _start(db: peewee.Database, port: int) -> ServerHandle:
+    handle = create_server(Settings(listen=f"127.0.0.1:{port}"), db)
+    handle.server.start()
+    return handle
+
+
+def test_a_stream_broken_by_a_server_restart_resumes_without_duplicates(
+    db: peewee.Database, restartable: list[ServerHandle], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="memstore_server.access")
+    ids = bulk_users(db, 400, pad=4000)
+    port = _free_port()
+    restartable.append(_start(db, port))
+    received: list[int] = []
+    restarted = threading.Event()
+
+    def restart() -> None:
+        restartable[0].server.stop(0).wait()
+        time.sleep(0.3)  # the client sees UNAVAILABLE and backs off meanwhile
+        restartable.append(_start(db, port))
+        restarted.set()
+
+    patient = ResumePolicy(max_attempts=10, initial_backoff=0.05, max_backoff=0.5)
+    with MemstoreClient(f"127.0.0.1:{port}", resume=patient, options=[("grpc.http2.bdp_probe", 0)]) as client:
+        for number, chunk in enumerate(client.user.list_chunked(chunk_size=1)):
+            received.extend(u.id for u in chunk)
+            if number == 20:
+                threading.Thread(target=restart).start()
+                assert restarted.wait(10)
+    assert len(restartable) == 2, "the server was never restarted"
+    assert received == ids
+    streams = [r.getMessage() for r in caplog.records if "ListUsersChunked" in r.getMessage()]
+    assert len(streams) == 2, streams  # the broken stream and the resumed one
+
+
+@pytest.mark.asyncio
+async def test_async_list_chunked_resumes_too(db: peewee.Database, restartable: list[ServerHandle]) -> None:
+    ids = bulk_users(db, 300, pad=4000)
+    port = _free_port()
+    restartable.append(_start(db, port))
+    received: list[int] = []
+    patient = ResumePolicy(max_attempts=10, initial_backoff=0.05, max_backoff=0.5)
+    async with AsyncMemstoreClient(
+        f"127.0.0.1:{port}", resume=patient, options=[("grpc.http2.bdp_probe", 0)]
+    ) as client:
+        number = 0
+        async for chunk in client.user.list_chunked(1):
+            received.extend(u.id for u in chunk)
+            if number == 10:
+                restartable[0].server.stop(0).wait()
+                restartable.append(_start(db, port))
+            number += 1
+    assert len(restartable) == 2
+    assert received == ids
