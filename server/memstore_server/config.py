@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg2.extensions
 
@@ -70,47 +71,60 @@ class Settings:
         return self.database_url is None
 
 
-def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    """Declare every flag, each defaulting to its MEMSTORE_* variable, then to the built-in default."""
-    parser.add_argument(
-        "--listen",
-        default=environ.get("MEMSTORE_LISTEN", DEFAULT_LISTEN),
-        help="address to serve gRPC on, HOST:PORT (env MEMSTORE_LISTEN; default %(default)s)",
-    )
-    parser.add_argument(
+@dataclass(frozen=True)
+class Option:
+    """One setting as the command line and the environment spell it."""
+
+    flag: str
+    env: str
+    help: str
+    type: Callable[[str], Any] = str
+    default: str | None = None
+
+
+# Every setting of the command, in --help order. Deployment files are checked
+# against these names by the tests, so they cannot drift apart.
+OPTIONS: tuple[Option, ...] = (
+    Option("--listen", "MEMSTORE_LISTEN", "address to serve gRPC on, HOST:PORT", default=DEFAULT_LISTEN),
+    Option(
         "--database-url",
-        default=environ.get("MEMSTORE_DATABASE_URL") or None,
-        help="PostgreSQL URL (env MEMSTORE_DATABASE_URL); unset: an embedded PostgreSQL under --data-dir",
-    )
-    parser.add_argument(
+        "MEMSTORE_DATABASE_URL",
+        "PostgreSQL URL or key=value string; unset: an embedded PostgreSQL under --data-dir",
+    ),
+    Option(
         "--data-dir",
+        "MEMSTORE_DATA_DIR",
+        "where the embedded PostgreSQL keeps its data",
         type=Path,
-        default=Path(environ.get("MEMSTORE_DATA_DIR", str(DEFAULT_DATA_DIR))),
-        help="where the embedded PostgreSQL keeps its data (env MEMSTORE_DATA_DIR; default %(default)s)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default=environ.get("MEMSTORE_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (env MEMSTORE_LOG_LEVEL; default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-workers",
-        type=int,
-        default=int(environ.get("MEMSTORE_MAX_WORKERS", "16")),
-        help="threads answering RPCs (env MEMSTORE_MAX_WORKERS; default %(default)s)",
-    )
-    parser.add_argument(
-        "--db-pool-size",
-        type=int,
-        default=int(environ.get("MEMSTORE_DB_POOL_SIZE", "16")),
-        help="pooled database connections (env MEMSTORE_DB_POOL_SIZE; default %(default)s)",
-    )
-    parser.add_argument(
+        default=str(DEFAULT_DATA_DIR),
+    ),
+    Option("--log-level", "MEMSTORE_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", default="INFO"),
+    Option("--max-workers", "MEMSTORE_MAX_WORKERS", "threads answering RPCs", type=int, default="16"),
+    Option("--db-pool-size", "MEMSTORE_DB_POOL_SIZE", "pooled database connections", type=int, default="16"),
+    Option(
         "--grace-period",
+        "MEMSTORE_GRACE_PERIOD",
+        "seconds in-flight RPCs get on shutdown",
         type=float,
-        default=float(environ.get("MEMSTORE_GRACE_PERIOD", "10")),
-        help="seconds in-flight RPCs get on shutdown (env MEMSTORE_GRACE_PERIOD; default %(default)s)",
-    )
+        default="10",
+    ),
+)
+
+ENVIRONMENT_VARIABLES = frozenset(option.env for option in OPTIONS)
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Declare every flag, each defaulting to its MEMSTORE_* variable, then to the built-in default.
+
+    Defaults are passed as strings so argparse converts (and rejects) a bad value
+    from the environment exactly as it would the same value given as a flag.
+    """
+    for option in OPTIONS:
+        default = environ.get(option.env) or option.default
+        shown = f"; default {option.default}" if option.default is not None else ""
+        parser.add_argument(
+            option.flag, type=option.type, default=default, help=f"{option.help} (env {option.env}{shown})"
+        )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
