@@ -69,7 +69,7 @@ START_TIMEOUT_SECONDS = 120.0
 # Clients take messages of any size; the aio server binds like create_server does.
 CLIENT_OPTIONS: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 SERVER_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_receive_message_length", Settings().max_receive_message_bytes),
+    ("grpc.max_receive_message_length", Settings().max_message_bytes),
     ("grpc.so_reuseport", 0),
 ]
 
@@ -107,7 +107,7 @@ def _open_child_database(url: str) -> peewee.Database:
 def serve_sync(url: str, ports: Queue[int]) -> None:
     """Child process, model "sync": the real server, as ``memstore-server serve`` builds it."""
     db = _open_child_database(url)
-    server, port, _health = create_server(Settings(listen="127.0.0.1:0"), db)
+    server, port, _health, _database_health = create_server(Settings(listen="127.0.0.1:0"), db)
     server.start()
     ports.put(port)
     server.wait_for_termination()

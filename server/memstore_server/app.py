@@ -1,4 +1,4 @@
-"""Assembles one gRPC server: servicers, health checking, reflection and interceptors.
+"""Assembles one gRPC server: servicers, health checking, reflection, interceptors, TLS.
 
 ``create_server`` binds but does not start, so tests can bind port 0, read the
 real port, and start it; signals and the process lifecycle live in ``cli``.
@@ -11,12 +11,15 @@ from concurrent import futures
 from typing import NamedTuple
 
 import grpc
-import peewee
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
+from playhouse.pool import PooledDatabase
 
+from memstore_server.auth import Authenticator, AuthInterceptor, digest, read_keys_file
 from memstore_server.config import Settings
+from memstore_server.decoding import DecodeGuardInterceptor
+from memstore_server.health import DatabaseHealth
 from memstore_server.interceptors import AccessLogInterceptor, ErrorInterceptor
 from memstore_server.models import database_proxy
 from memstore_server.servicers.sessions import SessionServicer
@@ -40,39 +43,80 @@ class ServerHandle(NamedTuple):
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    # Not started by create_server: the process starts it beside the server.
+    database_health: DatabaseHealth
 
 
-def create_server(settings: Settings, db: peewee.Database) -> ServerHandle:
+def authenticator_for(settings: Settings) -> Authenticator:
+    digests = [digest(key) for key in settings.api_keys]
+    if settings.api_keys_file is not None:
+        digests.extend(read_keys_file(settings.api_keys_file))
+    return Authenticator(digests, settings.jwt_secret)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def create_server(settings: Settings, db: PooledDatabase) -> ServerHandle:
     """Build and bind (not start) a server for ``settings`` on the migrated database ``db``."""
     database_proxy.initialize(db)
     options: list[tuple[str, int | str]] = [
-        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
         # One process per port unless several are asked for: a second server on a
         # taken port must fail, not silently share it.
         ("grpc.so_reuseport", 0),
+        # Accept the keepalive pings of memstore clients (every 60 s) on long streams.
+        ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
         *settings.extra_grpc_options,
     ]
+    authenticator = authenticator_for(settings)
+    interceptors: list[grpc.ServerInterceptor] = [AccessLogInterceptor(), ErrorInterceptor()]  # type: ignore[type-arg]
+    if authenticator.enabled:
+        interceptors.append(AuthInterceptor(authenticator))
+    interceptors.append(DecodeGuardInterceptor())  # innermost: see decoding.py
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        interceptors=[AccessLogInterceptor(), ErrorInterceptor()],
+        interceptors=interceptors,
         options=options,
     )
-    users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(UserStore(db)), server)
+    users_pb2_grpc.add_UserServiceServicer_to_server(
+        UserServicer(UserStore(db, max_message_bytes=settings.max_message_bytes)), server
+    )
     sessions_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(SessionStore(db)), server)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    database_health = DatabaseHealth(db, health_servicer, SERVICE_NAMES, settings.health_interval)
 
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    credentials = server_credentials(settings)
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:  # grpc reports a failed bind this way
         raise ListenError(
             f"cannot listen on {settings.listen}: is the address in use, or not this host's?"
         ) from error
-    logger.info("bound %s (port %d)", settings.listen, port)
-    return ServerHandle(server, port, health_servicer)
+    logger.info(
+        "bound %s (port %d, %s, auth %s)",
+        settings.listen,
+        port,
+        "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
+        "on" if authenticator.enabled else "off",
+    )
+    return ServerHandle(server, port, health_servicer, database_health)

@@ -109,8 +109,9 @@ def database(settings: Settings) -> Iterator[peewee.Database]:
 
 def serve(settings: Settings, db: peewee.Database) -> None:
     """Serve until a signal asks to stop, then drain in-flight RPCs and return."""
-    server, port, health = create_server(settings, db)
+    server, port, health, database_health = create_server(settings, db)
     server.start()
+    database_health.start()
     host = settings.listen.rpartition(":")[0]
     logger.info("memstore %s serving on %s:%d", __version__, host, port)
 
@@ -127,13 +128,14 @@ def serve(settings: Settings, db: peewee.Database) -> None:
             signal.Signals(signum).name,
             settings.grace_period,
         )
-        health.enter_graceful_shutdown()
+        health.enter_graceful_shutdown()  # NOT_SERVING from now on, whatever the database says
         server.stop(settings.grace_period)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.wait_for_termination()
     finally:
+        database_health.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     logger.info("stopped")

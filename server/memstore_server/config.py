@@ -18,6 +18,10 @@ import psycopg2.extensions
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".memstore")
+# gRPC's own default limit, which clients also apply to what they receive.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A single user at its largest (64 KiB of metadata plus its fields) must fit in one message.
+MIN_MAX_MESSAGE_BYTES = 128 * 1024
 
 
 class ConfigError(ValueError):
@@ -41,8 +45,18 @@ class Settings:
     db_pool_timeout: float = 5.0
     # Seconds in-flight RPCs get to finish after SIGTERM / Ctrl-C.
     grace_period: float = 10.0
-    # Largest request accepted, in bytes.
-    max_receive_message_bytes: int = 4 * 1024 * 1024
+    # Largest gRPC message received or sent, in bytes; streamed chunks are split to fit.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Seconds between database probes behind the health service.
+    health_interval: float = 2.0
+    # Authentication: on when any key or a JWT secret is given. Kept out of repr.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_keys_file: Path | None = None
+    jwt_secret: str | None = field(default=None, repr=False)
+    # TLS: a certificate chain and its key; a client CA turns on mutual TLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     extra_grpc_options: tuple[tuple[str, int | str], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -59,11 +73,27 @@ class Settings:
                 ) from error
         if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":
             raise ConfigError(f"--log-level / MEMSTORE_LOG_LEVEL: unknown level {self.log_level!r}")
-        for name in ("max_workers", "db_pool_size", "max_receive_message_bytes"):
+        for name in ("max_workers", "db_pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
-        if self.grace_period < 0 or self.db_pool_timeout <= 0:
-            raise ConfigError("grace period must be >= 0 and pool timeout > 0")
+        if self.max_message_bytes < MIN_MAX_MESSAGE_BYTES:
+            raise ConfigError(
+                f"--max-message-bytes must be at least {MIN_MAX_MESSAGE_BYTES} (one largest user)"
+            )
+        if self.grace_period < 0 or self.db_pool_timeout <= 0 or self.health_interval <= 0:
+            raise ConfigError("grace period must be >= 0; pool timeout and health interval > 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"--{name.replace('_', '-')}: no such file {str(path)!r}")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def uses_embedded_database(self) -> bool:
@@ -108,6 +138,38 @@ OPTIONS: tuple[Option, ...] = (
         type=float,
         default="10",
     ),
+    Option(
+        "--max-message-bytes",
+        "MEMSTORE_MAX_MESSAGE_BYTES",
+        "largest gRPC message received or sent; streamed chunks are split to fit",
+        type=int,
+        default=str(DEFAULT_MAX_MESSAGE_BYTES),
+    ),
+    Option(
+        "--health-interval",
+        "MEMSTORE_HEALTH_INTERVAL",
+        "seconds between the database probes behind the health service",
+        type=float,
+        default="2",
+    ),
+    Option(
+        "--api-keys", "MEMSTORE_API_KEYS", "comma-separated API keys; any key or --jwt-secret turns auth on"
+    ),
+    Option(
+        "--api-keys-file",
+        "MEMSTORE_API_KEYS_FILE",
+        "file of API keys, one per line, each a key or sha256:<hex digest>",
+        type=Path,
+    ),
+    Option("--jwt-secret", "MEMSTORE_JWT_SECRET", "secret that HS256 bearer JWTs must be signed with"),
+    Option("--tls-cert", "MEMSTORE_TLS_CERT", "PEM certificate chain: serve TLS", type=Path),
+    Option("--tls-key", "MEMSTORE_TLS_KEY", "PEM private key of --tls-cert", type=Path),
+    Option(
+        "--tls-client-ca",
+        "MEMSTORE_TLS_CLIENT_CA",
+        "PEM CA that client certificates must chain to (mTLS)",
+        type=Path,
+    ),
 )
 
 ENVIRONMENT_VARIABLES = frozenset(option.env for option in OPTIONS)
@@ -137,6 +199,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_workers=args.max_workers,
         db_pool_size=args.db_pool_size,
         grace_period=args.grace_period,
+        max_message_bytes=args.max_message_bytes,
+        health_interval=args.health_interval,
+        api_keys=tuple(key.strip() for key in (args.api_keys or "").split(",") if key.strip()),
+        api_keys_file=args.api_keys_file,
+        jwt_secret=args.jwt_secret or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
     )
 
 

@@ -23,12 +23,17 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 5
 
 
-def open_database(url: str, *, pool_size: int, pool_timeout: float) -> PooledPostgresqlDatabase:
-    """A pooled database for ``url`` (any libpq URL or key=value string); connects lazily."""
+def _connect_params(url: str) -> tuple[str, dict[str, str]]:
     params = psycopg2.extensions.parse_dsn(url)
     dbname = params.pop("dbname", None) or params.get("user") or "postgres"
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_SECONDS))
     params.setdefault("application_name", "memstore")
+    return dbname, params
+
+
+def open_database(url: str, *, pool_size: int, pool_timeout: float) -> PooledPostgresqlDatabase:
+    """A pooled database for ``url`` (any libpq URL or key=value string); connects lazily."""
+    dbname, params = _connect_params(url)
     return PooledPostgresqlDatabase(
         dbname,
         max_connections=pool_size,

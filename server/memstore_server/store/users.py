@@ -57,9 +57,14 @@ class UserChanges:
     replace_metadata: bool = False
 
 
+# Room kept in every streamed message for its next_cursor and gRPC framing.
+_MESSAGE_SLACK_BYTES = 64
+
+
 class UserStore:
-    def __init__(self, db: peewee.Database) -> None:
+    def __init__(self, db: peewee.Database, *, max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self._db = db
+        self._max_message_bytes = max_message_bytes
 
     def create(
         self, user_id: str, email: str, first_name: str, last_name: str, metadata: Metadata
@@ -144,8 +149,35 @@ class UserStore:
             following = self._fetch_page(page[-1][0], size)
             chunk = users_pb2.ListUsersChunkedResponse(next_cursor=page[-1][0] if following else 0)
             add_users(chunk.users, page)
-            yield chunk
+            if chunk.ByteSize() + _MESSAGE_SLACK_BYTES <= self._max_message_bytes:
+                yield chunk
+            else:
+                yield from self._split(chunk, final=not following)
             page = following
+
+    def _split(
+        self, chunk: users_pb2.ListUsersChunkedResponse, *, final: bool
+    ) -> Iterator[users_pb2.ListUsersChunkedResponse]:
+        """``chunk`` as several messages that each fit the largest message the server may send.
+
+        Users with large metadata would otherwise make a message the client refuses.
+        Each part still ends with its last user's id as next_cursor, so a consumer
+        resumes from any of them; only the very last part of the stream says 0.
+        """
+        budget = self._max_message_bytes - _MESSAGE_SLACK_BYTES
+        part = users_pb2.ListUsersChunkedResponse()
+        used = 0
+        for user in chunk.users:
+            # Field tag, length varint (at most 5 bytes), then the user itself.
+            size = 6 + user.ByteSize()
+            if part.users and used + size > budget:
+                part.next_cursor = part.users[-1].id
+                yield part
+                part, used = users_pb2.ListUsersChunkedResponse(), 0
+            part.users.append(user)
+            used += size
+        part.next_cursor = 0 if final else part.users[-1].id
+        yield part
 
     def sessions(self, user_id: str, after: int, limit: int) -> users_pb2.GetUserSessionsResponse:
         with connection(self._db) as db:

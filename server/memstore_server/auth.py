@@ -1,0 +1,112 @@
+"""Bearer-token authentication: API keys (kept as SHA-256 digests) and HS256 JWTs.
+
+Off unless keys or a JWT secret are configured. A caller learns only that its
+credentials were missing or invalid, never which part failed; the log says more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+from grpc_interceptor import ServerInterceptor
+
+from memstore_server.errors import Unauthenticated
+
+logger = logging.getLogger(__name__)
+
+# Health checks answer without credentials: load balancers and probes carry none.
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+_HASHED_PREFIX = "sha256:"
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def read_keys_file(path: Path) -> list[bytes]:
+    """Digests of the keys in ``path``: one per line, either the key or ``sha256:<hex digest>``.
+
+    Blank lines and lines starting with ``#`` are skipped, so the file can be
+    commented and can hold digests only, never a key in clear.
+    """
+    digests = []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(_HASHED_PREFIX):
+            try:
+                value = bytes.fromhex(line.removeprefix(_HASHED_PREFIX))
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: not a hex SHA-256 digest") from error
+            if len(value) != hashlib.sha256().digest_size:
+                raise ValueError(f"{path}:{number}: a SHA-256 digest has 64 hex digits")
+            digests.append(value)
+        else:
+            digests.append(digest(line))
+    return digests
+
+
+class Authenticator:
+    """Decides whether a bearer token is valid."""
+
+    def __init__(self, key_digests: Iterable[bytes], jwt_secret: str | None) -> None:
+        self._key_digests = tuple(key_digests)
+        self._jwt_secret = jwt_secret
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._key_digests) or self._jwt_secret is not None
+
+    def is_valid(self, token: str) -> bool:
+        presented = digest(token)
+        # Compare against every key, always, so timing tells nothing about which matched.
+        matched = False
+        for stored in self._key_digests:
+            matched |= hmac.compare_digest(presented, stored)
+        if matched:
+            return True
+        if self._jwt_secret is not None and token.count(".") == 2:
+            try:
+                jwt.decode(token, self._jwt_secret, algorithms=["HS256"], options={"require": []})
+            except jwt.InvalidTokenError as error:
+                logger.info("rejected a JWT: %s", error)
+                return False
+            return True
+        return False
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    for key, value in metadata:
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class AuthInterceptor(ServerInterceptor):
+    """Refuses every RPC but health checks unless it carries a valid bearer token."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    def intercept(
+        self, method: Callable[..., Any], request: Any, context: grpc.ServicerContext, method_name: str
+    ) -> Any:
+        if not method_name.startswith(_OPEN_PREFIXES):
+            token = bearer_token(context.invocation_metadata())
+            if token is None or not self._authenticator.is_valid(token):
+                logger.info("refused %s: %s credentials", method_name, "no" if token is None else "invalid")
+                raise Unauthenticated(
+                    "missing or invalid credentials: send 'authorization: Bearer <token>'",
+                    reason="UNAUTHENTICATED",
+                )
+        return method(request, context)

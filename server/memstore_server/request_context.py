@@ -1,0 +1,30 @@
+"""The request id: one per RPC, in every log line about it and in the reply's trailing metadata.
+
+An operator given the id by a caller (it arrives as ``x-request-id``) finds the
+server's log lines about that call, including details never sent to the caller.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+
+REQUEST_ID_KEY = "x-request-id"
+_MAX_INCOMING_LENGTH = 128
+
+_current: contextvars.ContextVar[str] = contextvars.ContextVar("memstore_request_id", default="-")
+
+
+def assign(incoming: str | None) -> str:
+    """Use the caller's id when it is a sane one, else a fresh one; it becomes the current id."""
+    if incoming and len(incoming) <= _MAX_INCOMING_LENGTH and incoming.isprintable():
+        request_id = incoming
+    else:
+        request_id = uuid.uuid4().hex
+    _current.set(request_id)
+    return request_id
+
+
+def current() -> str:
+    """The id of the RPC this thread is serving ("-" outside any RPC)."""
+    return _current.get()
