@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -17,7 +17,7 @@ import peewee
 import psycopg2
 import pytest
 from memstore.v1 import sessions_pb2_grpc, users_pb2_grpc
-from memstore_server.app import create_server
+from memstore_server.app import ServerHandle, create_server
 from memstore_server.config import Settings
 from memstore_server.database import open_database
 from memstore_server.embedded import EmbeddedPostgres
@@ -84,6 +84,23 @@ def server(db: peewee.Database) -> Iterator[ServerAddress]:
     handle.server.start()
     yield ServerAddress(f"127.0.0.1:{handle.port}")
     handle.server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def start_server(db: peewee.Database) -> Iterator[Callable[[Settings], ServerHandle]]:
+    """Starts extra servers with settings of the test's choosing; all are stopped afterwards."""
+    handles: list[ServerHandle] = []
+
+    def start(settings: Settings) -> ServerHandle:
+        handle = create_server(settings, db)
+        handle.server.start()
+        handles.append(handle)
+        return handle
+
+    yield start
+    for handle in handles:
+        handle.database_health.stop()
+        handle.server.stop(None).wait()
 
 
 @pytest.fixture(scope="session")

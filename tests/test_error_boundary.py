@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -13,9 +14,9 @@ from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server.app import create_server
 from memstore_server.config import Settings
 from memstore_server.database import open_database
-from memstore_server.interceptors import ErrorInterceptor
+from memstore_server.interceptors import AccessLogInterceptor, ErrorInterceptor
 
-from tests.support import TIMEOUT, details_of, expect_error
+from tests.support import TIMEOUT, ServerAddress, details_of, expect_error, struct, unique
 
 
 class _BrokenUsers(users_pb2_grpc.UserServiceServicer):
@@ -37,7 +38,9 @@ class _BrokenUsers(users_pb2_grpc.UserServiceServicer):
 def broken_server() -> Iterator[users_pb2_grpc.UserServiceStub]:
     from concurrent import futures
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[ErrorInterceptor()])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4), interceptors=[AccessLogInterceptor(), ErrorInterceptor()]
+    )
     users_pb2_grpc.add_UserServiceServicer_to_server(_BrokenUsers(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -100,3 +103,75 @@ def test_database_down_is_unavailable_fast(server_without_database: grpc.Channel
     with pytest.raises(grpc.RpcError) as raised:
         list(users.ListUsersChunked(users_pb2.ListUsersChunkedRequest(), timeout=TIMEOUT))
     assert details_of(raised.value).code == grpc.StatusCode.UNAVAILABLE
+
+
+def _request_id(call: grpc.Call) -> str | None:
+    for key, value in call.trailing_metadata() or ():
+        if key == "x-request-id":
+            return str(value)
+    return None
+
+
+def test_every_reply_carries_a_request_id_that_the_log_knows(
+    users: users_pb2_grpc.UserServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="memstore_server.access")
+    _, call = users.ListUsers.with_call(users_pb2.ListUsersRequest(limit=1), timeout=TIMEOUT)
+    ok_id = _request_id(call)
+    assert ok_id is not None
+    assert len(ok_id) == 32
+    with pytest.raises(grpc.RpcError) as raised:
+        users.GetUser(users_pb2.GetUserRequest(user_id="missing-" + ok_id), timeout=TIMEOUT)
+    failed_id = _request_id(raised.value)  # type: ignore[arg-type]
+    assert failed_id is not None
+    assert failed_id != ok_id
+    assert details_of(raised.value).reason == "USER_NOT_FOUND"  # the rich status survives beside the id
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("ListUsers OK" in line and f"request_id={ok_id}" in line for line in lines)
+    assert any("GetUser NOT_FOUND" in line and f"request_id={failed_id}" in line for line in lines)
+
+
+def test_a_callers_request_id_is_kept(users: users_pb2_grpc.UserServiceStub) -> None:
+    _, call = users.ListUsers.with_call(
+        users_pb2.ListUsersRequest(limit=1), timeout=TIMEOUT, metadata=(("x-request-id", "trace-me-42"),)
+    )
+    assert _request_id(call) == "trace-me-42"
+
+
+def test_internal_errors_name_the_request_id_logged_with_the_details(
+    broken_server: users_pb2_grpc.UserServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        broken_server.GetUser(users_pb2.GetUserRequest(user_id="u"), timeout=TIMEOUT)
+    request_id = _request_id(raised.value)  # type: ignore[arg-type]
+    assert request_id is not None
+    assert len(request_id) == 32
+    assert request_id in details_of(raised.value).message
+    logged = [r for r in caplog.records if r.exc_info and request_id in r.getMessage()]
+    assert logged, "the log has no entry with the details under that request id"
+
+
+def test_a_request_that_does_not_parse_is_invalid_argument(server: ServerAddress) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        raw = channel.unary_unary(  # bytes in, bytes out
+            "/memstore.v1.UserService/GetUser", request_serializer=None, response_deserializer=None
+        )
+        # Field 1 (user_id) holding the UTF-8 encoding of a lone surrogate: not valid UTF-8.
+        with pytest.raises(grpc.RpcError) as raised:
+            raw(b"\x0a\x03\xed\xa0\x80", timeout=TIMEOUT)
+    details = details_of(raised.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request" in details.violations
+
+
+def test_an_oversized_request_is_resource_exhausted_and_changes_nothing(
+    users: users_pb2_grpc.UserServiceStub, server: ServerAddress
+) -> None:
+    user_id = unique("huge")
+    request = users_pb2.CreateUserRequest(user_id=user_id, metadata=struct({"blob": "x" * (5 * 1024 * 1024)}))
+    with pytest.raises(grpc.RpcError) as raised:
+        users.CreateUser(request, timeout=TIMEOUT)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError) as missing:
+        users.GetUser(users_pb2.GetUserRequest(user_id=user_id), timeout=TIMEOUT)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND

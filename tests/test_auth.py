@@ -1,0 +1,159 @@
+"""Bearer-token authentication: API keys, a keys file of digests, HS256 JWTs; health stays open."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import jwt
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from memstore.v1 import users_pb2, users_pb2_grpc
+from memstore_server.app import ServerHandle
+from memstore_server.config import Settings
+
+from tests.support import TIMEOUT, details_of, unique
+
+SECRET = "a-jwt-secret-long-enough-for-hs256-and-for-the-hs512-token-of-a-negative-test"
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+
+
+@pytest.fixture
+def guarded(start_server: Callable[[Settings], ServerHandle], tmp_path: Path) -> str:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(
+        "# memstore keys\n\nfile-key\nsha256:" + hashlib.sha256(b"hashed-key").hexdigest() + "\n",
+        encoding="utf-8",
+    )
+    settings = Settings(
+        listen="127.0.0.1:0", api_keys=("env-key",), api_keys_file=keys_file, jwt_secret=SECRET
+    )
+    return f"127.0.0.1:{start_server(settings).port}"
+
+
+def get_user(target: str, token: str | None) -> grpc.StatusCode:
+    metadata = (("authorization", f"Bearer {token}"),) if token is not None else ()
+    with grpc.insecure_channel(target) as channel:
+        stub = users_pb2_grpc.UserServiceStub(channel)
+        try:
+            stub.GetUser(
+                users_pb2.GetUserRequest(user_id=unique("nobody")), timeout=TIMEOUT, metadata=metadata
+            )
+        except grpc.RpcError as error:
+            details = details_of(error)
+            if details.code == grpc.StatusCode.UNAUTHENTICATED:
+                assert details.reason == "UNAUTHENTICATED"
+                assert "missing or invalid credentials" in details.message
+            return details.code
+    return grpc.StatusCode.OK
+
+
+def token(claims: dict[str, object], secret: str = SECRET, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+@pytest.mark.parametrize("key", ["env-key", "file-key", "hashed-key"])
+def test_each_configured_key_is_accepted(guarded: str, key: str) -> None:
+    assert get_user(guarded, key) == grpc.StatusCode.NOT_FOUND  # past auth, into the service
+
+
+def test_a_signed_jwt_is_accepted(guarded: str) -> None:
+    assert get_user(guarded, token({"sub": "svc", "exp": int(time.time()) + 60})) == grpc.StatusCode.NOT_FOUND
+    assert get_user(guarded, token({"sub": "svc"})) == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        None,
+        "",
+        "wrong-key",
+        "env-key2",
+        "ENV-KEY",
+        hashlib.sha256(b"hashed-key").hexdigest(),  # the digest itself is not a key
+        "sha256:" + hashlib.sha256(b"hashed-key").hexdigest(),
+    ],
+)
+def test_missing_or_wrong_keys_are_unauthenticated(guarded: str, presented: str | None) -> None:
+    assert get_user(guarded, presented) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_bad_jwts_are_unauthenticated(guarded: str) -> None:
+    now = int(time.time())
+    assert get_user(guarded, token({"sub": "svc", "exp": now - 10})) == grpc.StatusCode.UNAUTHENTICATED
+    assert get_user(guarded, token({"sub": "svc"}, secret="another-secret-that-is-long-enough")) == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert get_user(guarded, token({"sub": "svc"}, algorithm="HS512")) == grpc.StatusCode.UNAUTHENTICATED
+    assert get_user(guarded, "a.b.c") == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_other_schemes_are_unauthenticated(guarded: str) -> None:
+    with grpc.insecure_channel(guarded) as channel:
+        stub = users_pb2_grpc.UserServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.GetUser(
+                users_pb2.GetUserRequest(user_id="u"),
+                timeout=TIMEOUT,
+                metadata=(("authorization", "Basic env-key"),),
+            )
+    assert details_of(raised.value).code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_streams_need_a_token_too(guarded: str) -> None:
+    with grpc.insecure_channel(guarded) as channel:
+        stub = users_pb2_grpc.UserServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stub.ListUsersChunked(users_pb2.ListUsersChunkedRequest(), timeout=TIMEOUT))
+    assert details_of(raised.value).code == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_health_answers_without_credentials(guarded: str) -> None:
+    with grpc.insecure_channel(guarded) as channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_grpcurl_needs_the_header_for_reflection_and_calls(guarded: str) -> None:
+    refused = subprocess.run(
+        [GRPCURL, "-plaintext", guarded, "list"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert refused.returncode != 0
+    assert "Unauthenticated" in refused.stderr or "missing or invalid credentials" in refused.stderr
+    header = ["-H", "authorization: Bearer env-key"]
+    listed = subprocess.run(
+        [GRPCURL, *header, "-plaintext", guarded, "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "memstore.v1.UserService" in listed.stdout
+    created = subprocess.run(
+        [
+            GRPCURL,
+            *header,
+            "-plaintext",
+            "-d",
+            f'{{"user_id": "{unique("curl")}"}}',
+            guarded,
+            "memstore.v1.UserService/CreateUser",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr
+
+
+def test_the_suite_server_has_auth_off(users: users_pb2_grpc.UserServiceStub) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        users.GetUser(users_pb2.GetUserRequest(user_id=unique("anyone")), timeout=TIMEOUT)
+    assert details_of(raised.value).code == grpc.StatusCode.NOT_FOUND
