@@ -36,6 +36,9 @@ lint: $(INSTALLED)
 	$(BIN)/mypy
 	cd protos && ../$(BIN)/buf lint
 	cd protos && ../$(BIN)/buf format --diff --exit-code
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/deployment.yaml \
+		deploy/kubernetes/service.yaml deploy/kubernetes/pdb.yaml
 
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .

@@ -24,9 +24,16 @@ from memstore_server.embedded import EmbeddedPostgres
 from memstore_server.migrations import migrate
 from psycopg2 import sql
 
+from tests import reliability
 from tests.support import ServerAddress
 
 TEST_DATABASE_ENV = "MEMSTORE_TEST_DATABASE_URL"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write RELIABILITY.md when asked to (see tests/reliability.py)."""
+    args = " ".join(str(arg) for arg in session.config.invocation_params.args)
+    reliability.write_report(f"pytest {args}".strip())
 
 
 def _with_database(url: str, name: str) -> str:
