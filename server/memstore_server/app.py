@@ -14,13 +14,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
+from opentelemetry import trace
 from playhouse.pool import PooledDatabase
 
+from memstore_server import tracing
 from memstore_server.auth import Authenticator, AuthInterceptor, digest, read_keys_file
 from memstore_server.config import Settings
 from memstore_server.decoding import DecodeGuardInterceptor
 from memstore_server.health import DatabaseHealth
-from memstore_server.interceptors import AccessLogInterceptor, ErrorInterceptor
+from memstore_server.interceptors import CallObserverInterceptor, ErrorInterceptor
 from memstore_server.models import database_proxy
 from memstore_server.servicers.sessions import SessionServicer
 from memstore_server.servicers.users import UserServicer
@@ -65,8 +67,13 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def create_server(settings: Settings, db: PooledDatabase) -> ServerHandle:
-    """Build and bind (not start) a server for ``settings`` on the migrated database ``db``."""
+def create_server(
+    settings: Settings, db: PooledDatabase, *, tracer_provider: trace.TracerProvider | None = None
+) -> ServerHandle:
+    """Build and bind (not start) a server for ``settings`` on the migrated database ``db``.
+
+    With a ``tracer_provider``, every RPC and the database calls beneath it are traced.
+    """
     database_proxy.initialize(db)
     options: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -79,7 +86,10 @@ def create_server(settings: Settings, db: PooledDatabase) -> ServerHandle:
         *settings.extra_grpc_options,
     ]
     authenticator = authenticator_for(settings)
-    interceptors: list[grpc.ServerInterceptor] = [AccessLogInterceptor(), ErrorInterceptor()]  # type: ignore[type-arg]
+    interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
+    if tracer_provider is not None:  # outermost, so its span covers everything below
+        interceptors.append(tracing.instrument(tracer_provider))
+    interceptors += [CallObserverInterceptor(), ErrorInterceptor()]
     if authenticator.enabled:
         interceptors.append(AuthInterceptor(authenticator))
     interceptors.append(DecodeGuardInterceptor())  # innermost: see decoding.py

@@ -20,8 +20,9 @@ from types import FrameType
 import grpc
 import peewee
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from playhouse.pool import PooledDatabase
 
-from memstore_server import __version__
+from memstore_server import __version__, logs, metrics, tracing
 from memstore_server.app import ListenError, create_server
 from memstore_server.config import ConfigError, Settings, add_arguments, settings_from_args
 from memstore_server.database import open_database
@@ -47,9 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
     except ConfigError as error:
         parser.error(str(error))
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.configure(settings.log_level, settings.log_format)
     if args.command == "healthcheck":
         return healthcheck(settings.listen)
     try:
@@ -107,11 +106,18 @@ def database(settings: Settings) -> Iterator[peewee.Database]:
             embedded.stop()
 
 
-def serve(settings: Settings, db: peewee.Database) -> None:
+def serve(settings: Settings, db: PooledDatabase) -> None:
     """Serve until a signal asks to stop, then drain in-flight RPCs and return."""
-    server, port, health, database_health = create_server(settings, db)
+    tracer_provider = tracing.otlp_tracer_provider() if tracing.wanted(os.environ) else None
+    server, port, health, database_health = create_server(settings, db, tracer_provider=tracer_provider)
+    metrics_server = None
+    if settings.metrics_listen is not None:
+        metrics.watch_pool(db)
+        metrics_server = metrics.serve_metrics(settings.metrics_listen)
     server.start()
     database_health.start()
+    if tracer_provider is not None:
+        logger.info("tracing: exporting spans over OTLP")
     host = settings.listen.rpartition(":")[0]
     logger.info("memstore %s serving on %s:%d", __version__, host, port)
 
@@ -136,6 +142,10 @@ def serve(settings: Settings, db: peewee.Database) -> None:
         server.wait_for_termination()
     finally:
         database_health.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # flushes the spans still buffered
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     logger.info("stopped")

@@ -37,6 +37,9 @@ class Settings:
     database_url: str | None = None
     data_dir: Path = DEFAULT_DATA_DIR
     log_level: str = "INFO"
+    log_format: str = "text"
+    # HOST:PORT of the Prometheus endpoint; None: none.
+    metrics_listen: str | None = None
     # Threads answering RPCs; each RPC in flight holds one (a stream for its whole life).
     max_workers: int = 16
     # Pooled database connections; more than max_workers is never used.
@@ -60,19 +63,21 @@ class Settings:
     extra_grpc_options: tuple[tuple[str, int | str], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ConfigError(f"--listen / MEMSTORE_LISTEN must be HOST:PORT, got {self.listen!r}")
+        _check_address("--listen / MEMSTORE_LISTEN", self.listen)
+        if self.metrics_listen is not None:
+            _check_address("--metrics-listen / MEMSTORE_METRICS_LISTEN", self.metrics_listen)
         if self.database_url is not None:
-            try:
-                psycopg2.extensions.parse_dsn(self.database_url)
-            except psycopg2.ProgrammingError as error:
-                raise ConfigError(
-                    "--database-url / MEMSTORE_DATABASE_URL must be a postgresql:// URL "
-                    "or a libpq key=value string"
-                ) from error
+            _check_database_url(self.database_url)
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(
+                f"--log-format / MEMSTORE_LOG_FORMAT must be text or json, got {self.log_format!r}"
+            )
         if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":
             raise ConfigError(f"--log-level / MEMSTORE_LOG_LEVEL: unknown level {self.log_level!r}")
+        self._check_limits()
+        self._check_tls()
+
+    def _check_limits(self) -> None:
         for name in ("max_workers", "db_pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
@@ -82,6 +87,8 @@ class Settings:
             )
         if self.grace_period < 0 or self.db_pool_timeout <= 0 or self.health_interval <= 0:
             raise ConfigError("grace period must be >= 0; pool timeout and health interval > 0")
+
+    def _check_tls(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -129,6 +136,17 @@ OPTIONS: tuple[Option, ...] = (
         default=str(DEFAULT_DATA_DIR),
     ),
     Option("--log-level", "MEMSTORE_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", default="INFO"),
+    Option(
+        "--log-format",
+        "MEMSTORE_LOG_FORMAT",
+        "text (for people) or json (one object per line)",
+        default="text",
+    ),
+    Option(
+        "--metrics-listen",
+        "MEMSTORE_METRICS_LISTEN",
+        "HOST:PORT to serve Prometheus metrics on (/metrics); unset: no metrics endpoint",
+    ),
     Option("--max-workers", "MEMSTORE_MAX_WORKERS", "threads answering RPCs", type=int, default="16"),
     Option("--db-pool-size", "MEMSTORE_DB_POOL_SIZE", "pooled database connections", type=int, default="16"),
     Option(
@@ -175,6 +193,21 @@ OPTIONS: tuple[Option, ...] = (
 ENVIRONMENT_VARIABLES = frozenset(option.env for option in OPTIONS)
 
 
+def _check_address(names: str, address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{names} must be HOST:PORT, got {address!r}")
+
+
+def _check_database_url(url: str) -> None:
+    try:
+        psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError as error:
+        raise ConfigError(
+            "--database-url / MEMSTORE_DATABASE_URL must be a postgresql:// URL or a libpq key=value string"
+        ) from error
+
+
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     """Declare every flag, each defaulting to its MEMSTORE_* variable, then to the built-in default.
 
@@ -196,6 +229,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         database_url=args.database_url,
         data_dir=args.data_dir,
         log_level=args.log_level.upper(),
+        log_format=args.log_format.lower(),
+        metrics_listen=args.metrics_listen or None,
         max_workers=args.max_workers,
         db_pool_size=args.db_pool_size,
         grace_period=args.grace_period,

@@ -8,6 +8,7 @@ and a connection broken by a failure is closed instead of being reused.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +16,7 @@ import peewee
 import psycopg2.extensions
 from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
+from memstore_server import metrics
 from memstore_server.errors import Unavailable
 
 logger = logging.getLogger(__name__)
@@ -46,8 +48,10 @@ def open_database(url: str, *, pool_size: int, pool_timeout: float) -> PooledPos
 @contextmanager
 def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     """Hold one pooled connection for the block; database outages surface as Unavailable."""
+    asked = time.perf_counter()
     try:
         with db.connection_context():
+            metrics.POOL_WAIT_SECONDS.observe(time.perf_counter() - asked)
             yield db
     except MaxConnectionsExceeded as error:
         logger.warning("database pool exhausted: %s", error)

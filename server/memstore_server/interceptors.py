@@ -12,13 +12,16 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
 from grpc_interceptor import ServerInterceptor
 from grpc_status import rpc_status
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
-from memstore_server import request_context
+from memstore_server import metrics, request_context
 from memstore_server.errors import Internal, ServiceError, to_rpc_status
 
 logger = logging.getLogger(__name__)
@@ -70,8 +73,28 @@ class ErrorInterceptor(ServerInterceptor):
             _abort(error, context, method_name)
 
 
-class AccessLogInterceptor(ServerInterceptor):
-    """Gives each RPC its request id and logs one line when it ends: method, code, duration, peer, id."""
+def _rpc_type(request: Any, result: Any) -> str:
+    streams_in = isinstance(request, Iterator)
+    streams_out = inspect.isgenerator(result)
+    if streams_in:
+        return "bidi_stream" if streams_out else "client_stream"
+    return "server_stream" if streams_out else "unary"
+
+
+def _counted(requests: Iterator[Any], labels: tuple[str, str, str]) -> Iterator[Any]:
+    counter = metrics.MSG_RECEIVED.labels(*labels)
+    for request in requests:
+        counter.inc()
+        yield request
+
+
+class CallObserverInterceptor(ServerInterceptor):
+    """Sees every RPC from start to status: request id, access-log line, metrics, span status.
+
+    Gives each RPC its request id (the caller's ``x-request-id`` when sane), and
+    when the RPC ends, with whatever status, logs one line (method, code,
+    duration, peer, request id) and records the standard gRPC server metrics.
+    """
 
     def intercept(
         self, method: Callable[..., Any], request: Any, context: grpc.ServicerContext, method_name: str
@@ -80,50 +103,78 @@ class AccessLogInterceptor(ServerInterceptor):
         incoming = dict(context.invocation_metadata()).get(request_context.REQUEST_ID_KEY)
         request_id = request_context.assign(incoming if isinstance(incoming, str) else None)
         context.set_trailing_metadata(((request_context.REQUEST_ID_KEY, request_id),))
+        service, _, name = method_name[1:].rpartition("/")
+        if isinstance(request, Iterator):
+            request = _counted(request, ("bidi_stream", service, name))
         try:
             result = method(request, context)
         except BaseException:
-            _log(method_name, context, started, grpc.StatusCode.UNKNOWN, request_id)
+            _finish(
+                _Call(method_name, service, name, "unary", started, request_id),
+                context,
+                grpc.StatusCode.UNKNOWN,
+            )
             raise
+        call = _Call(method_name, service, name, _rpc_type(request, result), started, request_id)
+        metrics.STARTED.labels(call.rpc_type, service, name).inc()
+        if call.rpc_type in ("unary", "server_stream"):
+            metrics.MSG_RECEIVED.labels(call.rpc_type, service, name).inc()
         if inspect.isgenerator(result):
-            return self._log_stream(result, context, method_name, started, request_id)
-        _log(method_name, context, started, grpc.StatusCode.OK, request_id)
+            return self._observe_stream(result, context, call)
+        metrics.MSG_SENT.labels(call.rpc_type, service, name).inc()
+        _finish(call, context, grpc.StatusCode.OK)
         return result
 
     @staticmethod
-    def _log_stream(
-        stream: Iterator[Any],
-        context: grpc.ServicerContext,
-        method_name: str,
-        started: float,
-        request_id: str,
-    ) -> Iterator[Any]:
+    def _observe_stream(stream: Iterator[Any], context: grpc.ServicerContext, call: _Call) -> Iterator[Any]:
         outcome = grpc.StatusCode.UNKNOWN
+        sent = metrics.MSG_SENT.labels(call.rpc_type, call.service, call.method)
         try:
-            yield from stream
+            for message in stream:
+                sent.inc()
+                yield message
             outcome = grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
         except GeneratorExit:  # gRPC closes the stream's generator when the call is cancelled
             outcome = grpc.StatusCode.CANCELLED
             raise
         finally:
-            _log(method_name, context, started, outcome, request_id)
+            _finish(call, context, outcome)
 
 
-def _log(
-    method_name: str,
-    context: grpc.ServicerContext,
-    started: float,
-    fallback: grpc.StatusCode,
-    request_id: str,
-) -> None:
+@dataclass(frozen=True)
+class _Call:
+    full_method: str
+    service: str
+    method: str
+    rpc_type: str
+    started: float
+    request_id: str
+
+
+def _finish(call: _Call, context: grpc.ServicerContext, fallback: grpc.StatusCode) -> None:
     code = context.code() or fallback  # type: ignore[attr-defined]  # set when the handler aborted
     if isinstance(code, int):  # abort_with_status records the numeric code
         code = _CODES_BY_NUMBER.get(code, fallback)
+    elapsed = time.perf_counter() - call.started
+    metrics.HANDLED.labels(call.rpc_type, call.service, call.method, code.name).inc()
+    metrics.HANDLING_SECONDS.labels(call.rpc_type, call.service, call.method).observe(elapsed)
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        span.set_attribute("memstore.request_id", call.request_id)
+        if code is not grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, code.name))
     access_logger.info(
         "%s %s %.1fms peer=%s request_id=%s",
-        method_name,
+        call.full_method,
         code.name,
-        (time.perf_counter() - started) * 1000,
+        elapsed * 1000,
         context.peer(),
-        request_id,
+        call.request_id,
+        extra={
+            "method": call.full_method,
+            "code": code.name,
+            "duration_ms": round(elapsed * 1000, 3),
+            "peer": context.peer(),
+        },
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextvars
 import uuid
 
+from opentelemetry import trace
+
 REQUEST_ID_KEY = "x-request-id"
 _MAX_INCOMING_LENGTH = 128
 
@@ -28,3 +30,9 @@ def assign(incoming: str | None) -> str:
 def current() -> str:
     """The id of the RPC this thread is serving ("-" outside any RPC)."""
     return _current.get()
+
+
+def trace_id() -> str:
+    """The W3C trace id of the current span, or "-" when no trace is being recorded."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else "-"

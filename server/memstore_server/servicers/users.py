@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import grpc
 from memstore.v1 import users_pb2, users_pb2_grpc
 
+from memstore_server import metrics
 from memstore_server.store.users import UserChanges, UserStore
 from memstore_server.validation import RequestChecker
 
@@ -95,6 +96,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             if not context.is_active():  # cancelled or past its deadline: stop querying
                 return
             yield chunk
+            metrics.USERS_STREAMED.inc(len(chunk.users))
 
     def GetUserSessions(  # noqa: N802
         self, request: users_pb2.GetUserSessionsRequest, context: grpc.ServicerContext
