@@ -8,6 +8,7 @@ reply, failed or not, carries its request id in trailing metadata.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_interceptor import ServerInterceptor
 from grpc_status import rpc_status
 from opentelemetry import trace
@@ -73,12 +75,17 @@ class ErrorInterceptor(ServerInterceptor):
             _abort(error, context, method_name)
 
 
-def _rpc_type(request: Any, result: Any) -> str:
-    streams_in = isinstance(request, Iterator)
-    streams_out = inspect.isgenerator(result)
-    if streams_in:
-        return "bidi_stream" if streams_out else "client_stream"
-    return "server_stream" if streams_out else "unary"
+@functools.cache
+def _rpc_type(full_method: str) -> str:
+    """go-grpc-prometheus's grpc_type of a method, from its descriptor: unary, server_stream..."""
+    service, _, name = full_method[1:].rpartition("/")
+    try:
+        method = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
+    except KeyError:
+        return "unary"
+    if method.client_streaming:
+        return "bidi_stream" if method.server_streaming else "client_stream"
+    return "server_stream" if method.server_streaming else "unary"
 
 
 def _counted(requests: Iterator[Any], labels: tuple[str, str, str]) -> Iterator[Any]:
@@ -104,21 +111,17 @@ class CallObserverInterceptor(ServerInterceptor):
         request_id = request_context.assign(incoming if isinstance(incoming, str) else None)
         context.set_trailing_metadata(((request_context.REQUEST_ID_KEY, request_id),))
         service, _, name = method_name[1:].rpartition("/")
+        call = _Call(method_name, service, name, _rpc_type(method_name), started, request_id)
+        metrics.STARTED.labels(call.rpc_type, service, name).inc()
         if isinstance(request, Iterator):
-            request = _counted(request, ("bidi_stream", service, name))
+            request = _counted(request, (call.rpc_type, service, name))
+        else:
+            metrics.MSG_RECEIVED.labels(call.rpc_type, service, name).inc()
         try:
             result = method(request, context)
         except BaseException:
-            _finish(
-                _Call(method_name, service, name, "unary", started, request_id),
-                context,
-                grpc.StatusCode.UNKNOWN,
-            )
+            _finish(call, context, grpc.StatusCode.UNKNOWN)
             raise
-        call = _Call(method_name, service, name, _rpc_type(request, result), started, request_id)
-        metrics.STARTED.labels(call.rpc_type, service, name).inc()
-        if call.rpc_type in ("unary", "server_stream"):
-            metrics.MSG_RECEIVED.labels(call.rpc_type, service, name).inc()
         if inspect.isgenerator(result):
             return self._observe_stream(result, context, call)
         metrics.MSG_SENT.labels(call.rpc_type, service, name).inc()
