@@ -1,0 +1,325 @@
+"""Every RPC driven with open-ended input: the answer is OK or a specific client error, never more.
+
+Invariants, for each generated call: the status is OK or one of the client errors
+(INVALID_ARGUMENT naming a field, NOT_FOUND, ALREADY_EXISTS, ...), never UNKNOWN or
+INTERNAL; a call that fails changes nothing stored; and the server is healthy at
+the end. MEMSTORE_FUZZ_EXAMPLES sets the examples per RPC (``make fuzz`` raises it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import peewee
+import pytest
+from google.protobuf import field_mask_pb2, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
+
+from tests.reliability import record
+from tests.support import TIMEOUT, details_of
+
+EXAMPLES = int(os.environ.get("MEMSTORE_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+CLIENT_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+KNOWN_USERS = [f"fuzz-user-{n}" for n in range(4)]
+KNOWN_SESSIONS = [f"fuzz-session-{n}" for n in range(4)]
+
+# Strings as the wire carries them (no surrogates: proto3 strings are UTF-8), control
+# characters and NUL included, sometimes very long, sometimes the ids that exist.
+texts = st.one_of(
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=40),
+    st.text(st.characters(min_codepoint=0, max_codepoint=0x1F), max_size=5),
+    st.text(st.characters(exclude_categories=["Cs"]), min_size=250, max_size=300),
+    st.just("x" * 20_000),
+)
+user_ids = st.one_of(st.sampled_from(KNOWN_USERS), texts)
+session_ids = st.one_of(st.sampled_from(KNOWN_SESSIONS), texts)
+int32s = st.one_of(
+    st.integers(-(2**31), 2**31 - 1), st.sampled_from([0, 1, -1, 1000, 1001, 2**31 - 1, -(2**31)])
+)
+int64s = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63)]))
+numbers = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**60), 2**60)
+keys = st.text(st.characters(exclude_categories=["Cs"]), max_size=10)
+json_values = st.recursive(
+    st.none() | st.booleans() | numbers | st.text(st.characters(exclude_categories=["Cs"]), max_size=30),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(keys, inner, max_size=5),
+    max_leaves=30,
+)
+
+
+def _deep(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": True}
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+metadata_values = st.one_of(
+    st.none(),
+    st.dictionaries(keys, json_values, max_size=6),
+    st.integers(1, 30).map(
+        _deep
+    ),  # deep nesting (a Struct level is two protobuf levels; protobuf stops at 100)
+    st.integers(1, 3000).map(lambda n: {"big": list(range(n))}),  # huge arrays
+    st.integers(60_000, 70_000).map(lambda n: {"pad": "x" * n}),  # around the 64 KiB limit
+)
+masks = st.none() | st.lists(
+    st.sampled_from(["email", "first_name", "last_name", "metadata", "user_id", "id", "", "metadata.x"]),
+    max_size=3,
+)
+
+
+def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if value is None:
+        return None
+    result = struct_pb2.Struct()
+    result.update(value)
+    return result
+
+
+def mask(paths: list[str] | None) -> field_mask_pb2.FieldMask | None:
+    return None if paths is None else field_mask_pb2.FieldMask(paths=paths)
+
+
+def snapshot(db: peewee.Database) -> tuple[Any, ...]:
+    with db.connection_context():
+        row = db.execute_sql(
+            "SELECT (SELECT count(*) FROM users), (SELECT coalesce(sum(hashtext(u::text)), 0) FROM users u), "
+            "(SELECT count(*) FROM sessions), (SELECT coalesce(sum(hashtext(s::text)), 0) FROM sessions s)"
+        ).fetchone()
+    return tuple(row)
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.codes: dict[str, int] = {}
+
+
+@pytest.fixture(scope="module")
+def tally() -> Iterator[Tally]:
+    counts = Tally()
+    started = time.monotonic()
+    yield counts
+    record(
+        "bad input (fuzz)",
+        f"hypothesis-generated requests to all 12 RPCs plus raw bytes ({EXAMPLES} examples each): "
+        "control characters, NUL, 20 kB strings, deep and huge metadata, NaN/inf, extreme limits and cursors",
+        counts.calls,
+        f"no UNKNOWN or INTERNAL; every failed call left the tables unchanged; codes "
+        f"{dict(sorted(counts.codes.items()))}; {time.monotonic() - started:.0f}s",
+    )
+
+
+@pytest.fixture(scope="module")
+def seeded(
+    db: peewee.Database, users: users_pb2_grpc.UserServiceStub, sessions: sessions_pb2_grpc.SessionServiceStub
+) -> None:
+    with db.connection_context():
+        db.execute_sql("DELETE FROM users WHERE user_id LIKE 'fuzz-%%'")
+        db.execute_sql("DELETE FROM sessions WHERE session_id LIKE 'fuzz-%%'")
+    for user_id, session_id in zip(KNOWN_USERS, KNOWN_SESSIONS, strict=True):
+        users.CreateUser(
+            users_pb2.CreateUserRequest(user_id=user_id, metadata=struct({"a": {"b": 1}})), timeout=TIMEOUT
+        )
+        sessions.CreateSession(
+            sessions_pb2.CreateSessionRequest(session_id=session_id, user_id=user_id), timeout=TIMEOUT
+        )
+
+
+def check(db: peewee.Database, tally: Tally, call: Callable[[], Any]) -> None:
+    """Make ``call``; a failure must be a client error and must leave the store as it was."""
+    before = snapshot(db)
+    tally.calls += 1
+    failure: grpc.RpcError | None = None
+    try:
+        result = call()
+        if isinstance(result, Iterator):
+            for _ in result:
+                pass
+    except grpc.RpcError as error:
+        failure = error
+    if failure is None:
+        tally.codes["OK"] = tally.codes.get("OK", 0) + 1
+        return
+    code: grpc.StatusCode = failure.code()
+    tally.codes[code.name] = tally.codes.get(code.name, 0) + 1
+    assert code in CLIENT_ERRORS, f"{code.name}: {failure.details()}"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert details_of(failure).violations, "INVALID_ARGUMENT without a field named"
+    assert snapshot(db) == before, "a failed call changed what is stored"
+
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+
+@FUZZ
+@given(user_id=user_ids, email=texts, first=texts, last=texts, metadata=metadata_values)
+def test_create_user(
+    users: users_pb2_grpc.UserServiceStub,
+    db: peewee.Database,
+    tally: Tally,
+    user_id: str,
+    email: str,
+    first: str,
+    last: str,
+    metadata: dict[str, Any] | None,
+) -> None:
+    request = users_pb2.CreateUserRequest(
+        user_id=user_id, email=email, first_name=first, last_name=last, metadata=struct(metadata)
+    )
+    check(db, tally, lambda: users.CreateUser(request, timeout=TIMEOUT))
+
+
+@FUZZ
+@given(
+    user_id=user_ids,
+    email=st.none() | texts,
+    first=st.none() | texts,
+    metadata=metadata_values,
+    paths=masks,
+)
+def test_update_user(
+    users: users_pb2_grpc.UserServiceStub,
+    db: peewee.Database,
+    tally: Tally,
+    user_id: str,
+    email: str | None,
+    first: str | None,
+    metadata: dict[str, Any] | None,
+    paths: list[str] | None,
+) -> None:
+    request = users_pb2.UpdateUserRequest(
+        user_id=user_id, email=email, first_name=first, metadata=struct(metadata), update_mask=mask(paths)
+    )
+    check(db, tally, lambda: users.UpdateUser(request, timeout=TIMEOUT))
+
+
+@FUZZ
+@given(user_id=texts, rpc=st.sampled_from(["GetUser", "DeleteUser"]))
+def test_get_and_delete_user(
+    users: users_pb2_grpc.UserServiceStub, db: peewee.Database, tally: Tally, user_id: str, rpc: str
+) -> None:
+    # Known ids are left out so the seeded users survive for the other properties.
+    request = getattr(users_pb2, f"{rpc}Request")(user_id=user_id)
+    check(db, tally, lambda: getattr(users, rpc)(request, timeout=TIMEOUT))
+
+
+@FUZZ
+@given(
+    limit=int32s, cursor=int64s, user_id=user_ids, rpc=st.sampled_from(["ListUsers", "Chunked", "Sessions"])
+)
+def test_listings(
+    users: users_pb2_grpc.UserServiceStub,
+    db: peewee.Database,
+    tally: Tally,
+    limit: int,
+    cursor: int,
+    user_id: str,
+    rpc: str,
+) -> None:
+    if rpc == "ListUsers":
+        check(
+            db,
+            tally,
+            lambda: users.ListUsers(users_pb2.ListUsersRequest(limit=limit, cursor=cursor), timeout=TIMEOUT),
+        )
+    elif rpc == "Chunked":
+        chunked = users_pb2.ListUsersChunkedRequest(chunk_size=limit, cursor=cursor)
+        check(db, tally, lambda: users.ListUsersChunked(chunked, timeout=TIMEOUT))
+    else:
+        paged = users_pb2.GetUserSessionsRequest(user_id=user_id, limit=limit, cursor=cursor)
+        check(db, tally, lambda: users.GetUserSessions(paged, timeout=TIMEOUT))
+
+
+@FUZZ
+@given(
+    session_id=session_ids,
+    user_id=user_ids,
+    metadata=metadata_values,
+    paths=masks,
+    rpc=st.sampled_from(["CreateSession", "UpdateSession", "GetSession", "ListSessions"]),
+    limit=int32s,
+    cursor=int64s,
+)
+def test_sessions(
+    sessions: sessions_pb2_grpc.SessionServiceStub,
+    db: peewee.Database,
+    tally: Tally,
+    session_id: str,
+    user_id: str,
+    metadata: dict[str, Any] | None,
+    paths: list[str] | None,
+    rpc: str,
+    limit: int,
+    cursor: int,
+) -> None:
+    requests: dict[str, Any] = {
+        "CreateSession": sessions_pb2.CreateSessionRequest(
+            session_id=session_id, user_id=user_id, metadata=struct(metadata)
+        ),
+        "UpdateSession": sessions_pb2.UpdateSessionRequest(
+            session_id=session_id, metadata=struct(metadata), update_mask=mask(paths)
+        ),
+        "GetSession": sessions_pb2.GetSessionRequest(session_id=session_id),
+        "ListSessions": sessions_pb2.ListSessionsRequest(limit=limit, cursor=cursor, user_id=user_id),
+    }
+    check(db, tally, lambda: getattr(sessions, rpc)(requests[rpc], timeout=TIMEOUT))
+
+
+@FUZZ
+@given(session_id=texts)
+def test_delete_session(
+    sessions: sessions_pb2_grpc.SessionServiceStub, db: peewee.Database, tally: Tally, session_id: str
+) -> None:
+    request = sessions_pb2.DeleteSessionRequest(session_id=session_id)
+    check(db, tally, lambda: sessions.DeleteSession(request, timeout=TIMEOUT))
+
+
+METHODS = [
+    f"/memstore.v1.UserService/{name}"
+    for name in ("CreateUser", "GetUser", "UpdateUser", "DeleteUser", "ListUsers", "GetUserSessions")
+] + [
+    f"/memstore.v1.SessionService/{name}"
+    for name in ("CreateSession", "GetSession", "UpdateSession", "DeleteSession", "ListSessions")
+]
+
+
+@FUZZ
+@given(method=st.sampled_from(METHODS), payload=st.binary(max_size=200))
+def test_raw_bytes(
+    channel: grpc.Channel, db: peewee.Database, tally: Tally, method: str, payload: bytes
+) -> None:
+    """Any bytes at all (invalid UTF-8, encoded lone surrogates, cut-off fields): a client error at worst."""
+    raw = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    check(db, tally, lambda: raw(payload, timeout=TIMEOUT))
+
+
+def test_server_is_healthy_after_the_fuzzing(
+    channel: grpc.Channel, users: users_pb2_grpc.UserServiceStub
+) -> None:
+    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+    for user_id in KNOWN_USERS:
+        users.GetUser(users_pb2.GetUserRequest(user_id=user_id), timeout=TIMEOUT)
