@@ -4,13 +4,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: help run migrate test lint format proto clean bench-model
+.PHONY: help run migrate test lint format proto clean bench-model fuzz reliability
 
 help:
 	@echo "make run      serve on 127.0.0.1:50051 (embedded PostgreSQL unless MEMSTORE_DATABASE_URL is set)"
 	@echo "make test     run the whole test suite"
 	@echo "make lint     ruff, mypy, buf lint, buf format check"
 	@echo "make proto    regenerate the Python stubs from protos/"
+	@echo "make fuzz     the property-based suite with many more cases"
+	@echo "make reliability  fault, crash and fuzz tests; figures into RELIABILITY.md"
 	@echo "make bench-model  measure the sync and grpc.aio server models side by side"
 	@echo "make clean    remove the virtualenv and the embedded database"
 
@@ -50,6 +52,15 @@ proto: $(INSTALLED)
 
 clean:
 	rm -rf $(VENV) .memstore .pytest_cache .mypy_cache .ruff_cache
+
+# Many more generated inputs than the test suite's bounded share.
+fuzz: $(INSTALLED)
+	MEMSTORE_FUZZ_EXAMPLES=$${MEMSTORE_FUZZ_EXAMPLES:-3000} $(BIN)/pytest -q tests/test_fuzz.py tests/test_input_limits.py
+
+# The fault, crash and fuzz tests, their figures written into RELIABILITY.md.
+reliability: $(INSTALLED)
+	MEMSTORE_RELIABILITY_REPORT=RELIABILITY.md MEMSTORE_FUZZ_EXAMPLES=$${MEMSTORE_FUZZ_EXAMPLES:-1000} \
+		$(BIN)/pytest -q tests/test_faults.py tests/test_crash_and_shutdown.py tests/test_fuzz.py
 
 # Which server model is faster here (sync thread pool or grpc.aio); prints a table.
 bench-model: $(INSTALLED)

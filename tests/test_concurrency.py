@@ -199,3 +199,60 @@ def test_deleting_users_while_their_sessions_change_leaves_no_orphans_and_no_dea
         listing = sessions.ListSessions(sessions_pb2.ListSessionsRequest(limit=1000), timeout=TIMEOUT)
         assert all(s.user_id != owner for s in listing.sessions)
     assert_counters_match(db)
+
+
+def test_chaos_of_overlapping_creates_updates_and_deletes_keeps_every_invariant(
+    users: users_pb2_grpc.UserServiceStub, sessions: sessions_pb2_grpc.SessionServiceStub, db: peewee.Database
+) -> None:
+    user_ids = [unique("chaos") for _ in range(6)]
+    operations = 40
+
+    def worker(index: int) -> Counter[str]:
+        rng = random.Random(index)
+        outcomes: Counter[str] = Counter()
+        mine: list[str] = []
+        for step in range(operations):
+            user_id = rng.choice(user_ids)
+            kind = rng.choice(["create", "update", "delete", "session", "unsession"])
+            try:
+                if kind == "create":
+                    users.CreateUser(users_pb2.CreateUserRequest(user_id=user_id), timeout=TIMEOUT)
+                elif kind == "update":
+                    users.UpdateUser(
+                        users_pb2.UpdateUserRequest(
+                            user_id=user_id, metadata=struct({f"t{index}s{step}": step})
+                        ),
+                        timeout=TIMEOUT,
+                    )
+                elif kind == "delete":
+                    users.DeleteUser(users_pb2.DeleteUserRequest(user_id=user_id), timeout=TIMEOUT)
+                elif kind == "session":
+                    session_id = unique("cs")
+                    sessions.CreateSession(
+                        sessions_pb2.CreateSessionRequest(session_id=session_id, user_id=user_id),
+                        timeout=TIMEOUT,
+                    )
+                    mine.append(session_id)
+                elif mine:
+                    sessions.DeleteSession(
+                        sessions_pb2.DeleteSessionRequest(session_id=mine.pop(rng.randrange(len(mine)))),
+                        timeout=TIMEOUT,
+                    )
+                outcomes["OK"] += 1
+            except grpc.RpcError as error:
+                outcomes[error.code().name] += 1
+        return outcomes
+
+    totals: Counter[str] = Counter()
+    for outcome in all_at_once(THREADS, worker):
+        assert isinstance(outcome, Counter)
+        totals.update(outcome)
+    # Losing a race (the user is gone, or already there) is all that may happen.
+    assert set(totals) <= {"OK", "NOT_FOUND", "ALREADY_EXISTS"}, totals
+    assert totals["OK"] > 0
+    with db.connection_context():
+        (duplicates,) = db.execute_sql(
+            "SELECT count(*) - count(DISTINCT user_id) FROM users WHERE user_id = ANY(%s)", (user_ids,)
+        ).fetchone()
+    assert duplicates == 0
+    assert_counters_match(db)

@@ -11,6 +11,8 @@ import grpc
 import peewee
 import pytest
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
+from memstore_server.app import ServerHandle
+from memstore_server.config import Settings
 
 from tests.support import TIMEOUT, ServerAddress, expect_error, unique
 
@@ -362,3 +364,25 @@ def test_stream_past_its_deadline_stops(
     time.sleep(0.3)
     assert page_counter.count == settled
     assert settled < 100
+
+
+def test_chunks_of_large_users_are_split_to_fit_the_message_limit(
+    db: peewee.Database, start_server: Callable[[Settings], ServerHandle]
+) -> None:
+    limit = 1024 * 1024  # the smallest limit the server accepts
+    # Users carrying nearly the largest metadata allowed: eighteen of them already pass the limit.
+    ids = bulk_users(db, 60, pad=60_000)
+    handle = start_server(Settings(listen="127.0.0.1:0", max_message_bytes=limit))
+    # The client refuses anything larger than the server may send, as a default client would.
+    with grpc.insecure_channel(
+        f"127.0.0.1:{handle.port}", options=[("grpc.max_receive_message_length", limit)]
+    ) as channel:
+        stub = users_pb2_grpc.UserServiceStub(channel)
+        messages = list(
+            stub.ListUsersChunked(users_pb2.ListUsersChunkedRequest(chunk_size=1000), timeout=TIMEOUT)
+        )
+    assert len(messages) > 1
+    assert all(message.ByteSize() <= limit for message in messages)
+    assert [u.id for m in messages for u in m.users] == ids
+    assert [m.next_cursor for m in messages[:-1]] == [m.users[-1].id for m in messages[:-1]]
+    assert messages[-1].next_cursor == 0

@@ -20,8 +20,9 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".memstore")
 # gRPC's own default limit, which clients also apply to what they receive.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-# A single user at its largest (64 KiB of metadata plus its fields) must fit in one message.
-MIN_MAX_MESSAGE_BYTES = 128 * 1024
+# A single user at its largest must fit in one message: 64 KiB of metadata as JSON can take
+# over five times that as a protobuf Struct (a list of small numbers: 2 bytes each in JSON, 11).
+MIN_MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class ConfigError(ValueError):
