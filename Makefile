@@ -3,14 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+TS := client/typescript
 
-.PHONY: help run migrate test lint format proto clean bench-model fuzz reliability
+.PHONY: help run migrate test test-py test-ts lint lint-ts format proto proto-ts clean bench-model fuzz reliability
 
 help:
 	@echo "make run      serve on 127.0.0.1:50051 (embedded PostgreSQL unless MEMSTORE_DATABASE_URL is set)"
-	@echo "make test     run the whole test suite"
-	@echo "make lint     ruff, mypy, buf lint, buf format check"
-	@echo "make proto    regenerate the Python stubs from protos/"
+	@echo "make test     run the whole test suite (Python, then the TypeScript client)"
+	@echo "make lint     ruff, mypy, buf, hadolint, Kubernetes schemas, tsc and eslint"
+	@echo "make proto    regenerate the Python and TypeScript stubs from protos/"
 	@echo "make fuzz     the property-based suite with many more cases"
 	@echo "make reliability  fault, crash and fuzz tests; figures into RELIABILITY.md"
 	@echo "make bench-model  measure the sync and grpc.aio server models side by side"
@@ -29,8 +30,20 @@ run: $(INSTALLED)
 migrate: $(INSTALLED)
 	$(BIN)/memstore-server migrate
 
-test: $(INSTALLED)
+test: test-py test-ts
+
+test-py: $(INSTALLED)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The TypeScript client: exact dependencies from its lockfile, built, tested against servers it starts.
+test-ts: $(INSTALLED)
+	cd $(TS) && npm ci --no-audit --no-fund && npm run build && npm test
+
+lint-ts: $(INSTALLED)
+	cd $(TS) && npm ci --no-audit --no-fund && npm run check:generated && npm run lint
+
+proto-ts: $(INSTALLED)
+	cd $(TS) && npm ci --no-audit --no-fund && npm run generate
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -41,6 +54,7 @@ lint: $(INSTALLED)
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/kubernetes-validate --strict --quiet deploy/kubernetes/deployment.yaml \
 		deploy/kubernetes/service.yaml deploy/kubernetes/pdb.yaml
+	$(MAKE) lint-ts
 
 format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
@@ -49,9 +63,10 @@ format: $(INSTALLED)
 
 proto: $(INSTALLED)
 	$(BIN)/python scripts/generate_protos.py
+	$(MAKE) proto-ts
 
 clean:
-	rm -rf $(VENV) .memstore .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .memstore .pytest_cache .mypy_cache .ruff_cache $(TS)/node_modules $(TS)/dist $(TS)/build
 
 # Many more generated inputs than the test suite's bounded share.
 fuzz: $(INSTALLED)

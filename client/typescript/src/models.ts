@@ -1,0 +1,250 @@
+/**
+ * The client's own types: what callers build and what they get back.
+ *
+ * Field names are those of the API and of the reference page (`user_id`,
+ * `first_name`, `created_at`), metadata is a plain JSON object, timestamps are
+ * `Date`s and the server-assigned numbers are `number`s, so callers never touch
+ * protobuf messages.
+ */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+
+import type { Session as SessionMessage } from "./gen/memstore/v1/sessions_pb.js";
+import type {
+  CreateSessionRequestSchema,
+  UpdateSessionRequestSchema,
+} from "./gen/memstore/v1/sessions_pb.js";
+import type {
+  CreateUserRequestSchema,
+  UpdateUserRequestSchema,
+  User as UserMessage,
+} from "./gen/memstore/v1/users_pb.js";
+
+/** Any JSON value. */
+export type JsonValue = number | string | boolean | null | JsonObject | JsonValue[];
+
+/** A JSON object: what `metadata` holds. */
+export interface JsonObject {
+  [key: string]: JsonValue;
+}
+
+/** A user as stored by memstore. */
+export interface User {
+  /** The caller's identifier of the user; unique, immutable. */
+  user_id: string;
+  email: string;
+  first_name: string;
+  last_name: string;
+  /** Free-form JSON object; `{}` when none was stored. */
+  metadata: JsonObject;
+  /** Server-assigned UUID, canonical 36-character form. */
+  uuid: string;
+  /** Server-assigned number, increasing in creation order: the cursor of `list` and `listChunked`. */
+  id: number;
+  created_at: Date;
+  updated_at: Date;
+  /** How many sessions the user has now. */
+  session_count: number;
+}
+
+/** A session as stored by memstore. */
+export interface Session {
+  /** The caller's identifier of the session; unique, immutable. */
+  session_id: string;
+  /** The `user_id` of its user; "" for a session of no user. */
+  user_id: string;
+  /** Free-form JSON object; `{}` when none was stored. */
+  metadata: JsonObject;
+  uuid: string;
+  /** Server-assigned number, increasing in creation order: the cursor of session listings. */
+  id: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
+/** What `client.user.add` takes. Only `user_id` is required. */
+export interface CreateUserRequest {
+  user_id: string;
+  /** Empty or a syntactically valid address. */
+  email?: string | undefined;
+  first_name?: string | undefined;
+  last_name?: string | undefined;
+  metadata?: JsonObject | undefined;
+}
+
+/** The fields an `update_mask` may name. */
+export type UserUpdateField = "email" | "first_name" | "last_name" | "metadata";
+
+/**
+ * What `client.user.update` takes. A field left out (or `undefined`) keeps its
+ * stored value; a field given is set, so `""` clears it. `metadata` is
+ * deep-merged into the stored object, and a `null` value removes that key. With
+ * `update_mask`, exactly the named fields are replaced (`metadata` wholesale).
+ */
+export interface UpdateUserRequest {
+  user_id: string;
+  email?: string | undefined;
+  first_name?: string | undefined;
+  last_name?: string | undefined;
+  metadata?: JsonObject | undefined;
+  update_mask?: readonly UserUpdateField[] | undefined;
+}
+
+/** What `client.session.add` takes. Only `session_id` is required. */
+export interface CreateSessionRequest {
+  session_id: string;
+  /** The `user_id` of an existing user to attach the session to; left out for none. */
+  user_id?: string | undefined;
+  metadata?: JsonObject | undefined;
+}
+
+/** The fields an `update_mask` of a session may name. */
+export type SessionUpdateField = "metadata";
+
+/**
+ * What `client.session.update` takes: `metadata` is deep-merged (a `null` value
+ * removes that key); with `update_mask: ["metadata"]` it replaces the stored object.
+ */
+export interface UpdateSessionRequest {
+  session_id: string;
+  metadata?: JsonObject | undefined;
+  update_mask?: readonly SessionUpdateField[] | undefined;
+}
+
+/** The reference page's names for the request types. */
+export type ICreateUserRequest = CreateUserRequest;
+export type IUpdateUserRequest = UpdateUserRequest;
+export type ICreateSessionRequest = CreateSessionRequest;
+export type IUpdateSessionRequest = UpdateSessionRequest;
+
+/** Per-call options of every unary method. */
+export interface CallOptions {
+  /** Deadline of this call in milliseconds; overrides the client's `timeoutMs`. */
+  timeoutMs?: number | undefined;
+  /** Aborts the call (it then fails with CancelledError). */
+  signal?: AbortSignal | undefined;
+}
+
+/** Options of `client.listChunked`: the stream has no deadline, but it can be aborted. */
+export interface StreamOptions {
+  /** Aborts the stream (the iteration then fails with CancelledError). */
+  signal?: AbortSignal | undefined;
+}
+
+/** Options of `client.session.list`. */
+export interface ListSessionsOptions extends CallOptions {
+  /** Only the sessions of this user (NotFoundError when there is no such user). */
+  user_id?: string | undefined;
+}
+
+// ---- conversions between these types and the generated messages (internal) ----
+
+function toDate(stamp: Timestamp | undefined): Date {
+  return stamp === undefined ? new Date(0) : timestampDate(stamp);
+}
+
+/** A server-assigned int64 as a number (ids and counts stay far below 2^53). */
+function toNumber(value: bigint): number {
+  return Number(value);
+}
+
+/** A caller's cursor (number or bigint) as the int64 the wire wants. */
+export function toCursor(value: number | bigint): bigint {
+  if (typeof value === "bigint") return value;
+  if (!Number.isSafeInteger(value)) throw new RangeError(`cursor must be an integer, got ${value}`);
+  return BigInt(value);
+}
+
+export function userFromMessage(message: UserMessage): User {
+  return {
+    user_id: message.userId,
+    email: message.email,
+    first_name: message.firstName,
+    last_name: message.lastName,
+    metadata: message.metadata ?? {},
+    uuid: message.uuid,
+    id: toNumber(message.id),
+    created_at: toDate(message.createdAt),
+    updated_at: toDate(message.updatedAt),
+    session_count: toNumber(message.sessionCount),
+  };
+}
+
+export function sessionFromMessage(message: SessionMessage): Session {
+  return {
+    session_id: message.sessionId,
+    user_id: message.userId,
+    metadata: message.metadata ?? {},
+    uuid: message.uuid,
+    id: toNumber(message.id),
+    created_at: toDate(message.createdAt),
+    updated_at: toDate(message.updatedAt),
+  };
+}
+
+/**
+ * `metadata` as the wire's google.protobuf.Struct wants it: keys whose value is
+ * `undefined` are left out, as JSON.stringify leaves them out.
+ */
+function toStruct(metadata: JsonObject | undefined): JsonObject | undefined {
+  if (metadata === undefined) return undefined;
+  return withoutUndefined(metadata) as JsonObject;
+}
+
+function withoutUndefined(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map((item) => (item === undefined ? null : withoutUndefined(item)));
+  if (value !== null && typeof value === "object" && !(value instanceof Date)) {
+    const result: Record<string, unknown> = {};
+    for (const [key, item] of Object.entries(value)) {
+      if (item !== undefined) result[key] = withoutUndefined(item);
+    }
+    return result;
+  }
+  return value;
+}
+
+function toMask(paths: readonly string[] | undefined): { paths: string[] } | undefined {
+  return paths === undefined ? undefined : { paths: [...paths] };
+}
+
+export function createUserMessage(request: CreateUserRequest): MessageInitShape<typeof CreateUserRequestSchema> {
+  return {
+    userId: request.user_id,
+    email: request.email ?? "",
+    firstName: request.first_name ?? "",
+    lastName: request.last_name ?? "",
+    metadata: toStruct(request.metadata),
+  };
+}
+
+export function updateUserMessage(request: UpdateUserRequest): MessageInitShape<typeof UpdateUserRequestSchema> {
+  return {
+    userId: request.user_id,
+    // proto3 `optional`: undefined leaves the field absent (keep), a string is present (set).
+    email: request.email,
+    firstName: request.first_name,
+    lastName: request.last_name,
+    metadata: toStruct(request.metadata),
+    updateMask: toMask(request.update_mask),
+  };
+}
+
+export function createSessionMessage(
+  request: CreateSessionRequest,
+): MessageInitShape<typeof CreateSessionRequestSchema> {
+  return {
+    sessionId: request.session_id,
+    userId: request.user_id ?? "",
+    metadata: toStruct(request.metadata),
+  };
+}
+
+export function updateSessionMessage(
+  request: UpdateSessionRequest,
+): MessageInitShape<typeof UpdateSessionRequestSchema> {
+  return {
+    sessionId: request.session_id,
+    metadata: toStruct(request.metadata),
+    updateMask: toMask(request.update_mask),
+  };
+}
