@@ -47,14 +47,15 @@ import grpc
 import grpc.aio
 import peewee
 from memstore.v1 import users_pb2, users_pb2_grpc
-from memstore_server.app import create_server
+from memstore_server import wire
+from memstore_server.app import USER_SERVICE, add_service, create_server
 from memstore_server.config import Settings
 from memstore_server.database import open_database
 from memstore_server.embedded import EmbeddedPostgres
 from memstore_server.errors import ServiceError
 from memstore_server.migrations import migrate
 from memstore_server.models import database_proxy
-from memstore_server.store.users import UserStore
+from memstore_server.store.users import Chunk, UserStore
 from memstore_server.validation import RequestChecker
 
 MODELS = ("sync", "aio")
@@ -128,7 +129,7 @@ class AioUserServicer(users_pb2_grpc.UserServiceServicer):
         self,
         request: users_pb2.GetUserRequest,
         context: grpc.aio.ServicerContext[users_pb2.GetUserRequest, users_pb2.GetUserResponse],
-    ) -> users_pb2.GetUserResponse:
+    ) -> bytes:
         check = RequestChecker()
         user_id = check.identifier("user_id", request.user_id)
         loop = asyncio.get_running_loop()
@@ -137,7 +138,7 @@ class AioUserServicer(users_pb2_grpc.UserServiceServicer):
             user = await loop.run_in_executor(self._executor, self._store.get, user_id)
         except ServiceError as error:
             await context.abort(error.code, error.message)
-        return users_pb2.GetUserResponse(user=user)
+        return wire.length_delimited(1, user)  # a serialized GetUserResponse, as the real server sends
 
     async def ListUsersChunked(  # noqa: N802
         self,
@@ -145,7 +146,7 @@ class AioUserServicer(users_pb2_grpc.UserServiceServicer):
         context: grpc.aio.ServicerContext[
             users_pb2.ListUsersChunkedRequest, users_pb2.ListUsersChunkedResponse
         ],
-    ) -> AsyncIterator[users_pb2.ListUsersChunkedResponse]:
+    ) -> AsyncIterator[bytes]:
         check = RequestChecker()
         chunk_size = check.page_size("chunk_size", request.chunk_size)
         cursor = check.cursor("cursor", request.cursor)
@@ -158,14 +159,12 @@ class AioUserServicer(users_pb2_grpc.UserServiceServicer):
                 chunk = await loop.run_in_executor(self._executor, _next_chunk, chunks)
                 if chunk is None:
                     return
-                yield chunk
+                yield chunk.payload
         except ServiceError as error:
             await context.abort(error.code, error.message)
 
 
-def _next_chunk(
-    chunks: Iterator[users_pb2.ListUsersChunkedResponse],
-) -> users_pb2.ListUsersChunkedResponse | None:
+def _next_chunk(chunks: Iterator[Chunk]) -> Chunk | None:
     return next(chunks, None)
 
 
@@ -174,7 +173,7 @@ async def _serve_aio(url: str, ports: Queue[int]) -> None:
     database_proxy.initialize(db)
     executor = futures.ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="store")
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    users_pb2_grpc.add_UserServiceServicer_to_server(AioUserServicer(UserStore(db), executor), server)
+    add_service(server, USER_SERVICE, AioUserServicer(UserStore(db), executor))  # type: ignore[arg-type]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     ports.put(port)

@@ -7,13 +7,17 @@ real port, and start it; signals and the process lifecycle live in ``cli``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent import futures
 from typing import NamedTuple
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
+from memstore.v1 import sessions_pb2, users_pb2
 from opentelemetry import trace
 from playhouse.pool import PooledDatabase
 
@@ -31,10 +35,39 @@ from memstore_server.store.users import UserStore
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAMES = (
-    users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
-    sessions_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name,
-)
+USER_SERVICE = users_pb2.DESCRIPTOR.services_by_name["UserService"]
+SESSION_SERVICE = sessions_pb2.DESCRIPTOR.services_by_name["SessionService"]
+SERVICE_NAMES = (USER_SERVICE.full_name, SESSION_SERVICE.full_name)
+
+
+def _serializer(message_class: type[Message]) -> Callable[[Message | bytes], bytes]:
+    """Serializes a response message, or passes through one that a servicer already serialized."""
+    serialize = message_class.SerializeToString
+
+    def to_bytes(response: Message | bytes) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return to_bytes
+
+
+def add_service(server: grpc.Server, service: ServiceDescriptor, servicer: object) -> None:
+    """Register ``servicer``'s methods for ``service``, as the generated add_*_to_server does,
+    except that a handler may return its response already serialized (bytes)."""
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = factory(
+            getattr(servicer, method.name),
+            request_deserializer=request_class.FromString,
+            response_serializer=_serializer(response_class),
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 class ListenError(RuntimeError):
@@ -98,10 +131,10 @@ def create_server(
         interceptors=interceptors,
         options=options,
     )
-    users_pb2_grpc.add_UserServiceServicer_to_server(
-        UserServicer(UserStore(db, max_message_bytes=settings.max_message_bytes)), server
+    add_service(
+        server, USER_SERVICE, UserServicer(UserStore(db, max_message_bytes=settings.max_message_bytes))
     )
-    sessions_pb2_grpc.add_SessionServiceServicer_to_server(SessionServicer(SessionStore(db)), server)
+    add_service(server, SESSION_SERVICE, SessionServicer(SessionStore(db)))
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

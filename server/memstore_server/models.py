@@ -29,6 +29,8 @@ class User(BaseModel):
     session_count = peewee.BigIntegerField(default=0)
     created_at = DateTimeTZField()
     updated_at = DateTimeTZField()
+    # The serialized memstore.v1.User, kept fresh by store/user_messages.py.
+    message = peewee.BlobField(null=True)
 
     class Meta:
         table_name = "users"

@@ -7,7 +7,7 @@ to epoch microseconds) so Python builds messages without datetime or UUID object
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from memstore.v1 import sessions_pb2, users_pb2
@@ -69,7 +69,10 @@ def add_sessions(target: RepeatedCompositeFieldContainer[sessions_pb2.Session], 
         fill_session(target.add(), row)
 
 
-def next_cursor(rows: Sequence[Row], limit: int) -> tuple[Sequence[Row], int]:
+R = TypeVar("R", bound=Sequence[Any])
+
+
+def next_cursor(rows: Sequence[R], limit: int) -> tuple[Sequence[R], int]:
     """Given up to limit+1 rows, the page to return and its next_cursor (0 when nothing follows)."""
     if len(rows) > limit:
         page = rows[:limit]

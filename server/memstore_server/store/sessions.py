@@ -13,8 +13,9 @@ from memstore.v1 import sessions_pb2
 from memstore_server.database import connection
 from memstore_server.errors import AlreadyExists, InvalidArgument, session_not_found, user_not_found
 from memstore_server.models import Session, User
+from memstore_server.store import user_messages
 from memstore_server.store.errors import violated_constraint
-from memstore_server.store.rows import SESSION_COLUMNS, add_sessions, fill_session, next_cursor
+from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, add_sessions, fill_session, next_cursor
 from memstore_server.validation import MAX_METADATA_BYTES, Metadata, metadata_json, metadata_size
 
 _GET_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = %s"
@@ -27,6 +28,7 @@ _SESSION_OWNER = "SELECT user_id FROM sessions WHERE session_id = %s"
 _LOCK_USER = "SELECT 1 FROM users WHERE user_id = %s FOR UPDATE"
 _TOUCH = peewee.SQL("GREATEST(clock_timestamp(), updated_at + interval '1 microsecond')")
 _RETURN_SESSION = peewee.SQL(SESSION_COLUMNS)
+_RETURN_USER = peewee.SQL(USER_COLUMNS)
 # A session deleted and re-created under another user between our read of its
 # owner and our lock makes us start over; this bounds how often.
 _DELETE_ATTEMPTS = 5
@@ -43,10 +45,13 @@ class SessionStore:
         with connection(self._db) as db, db.atomic():
             if user_id:
                 counted = db.execute(
-                    User.update(session_count=User.session_count + 1).where(User.user_id == user_id)
-                )
-                if counted.rowcount == 0:
+                    User.update(session_count=User.session_count + 1)
+                    .where(User.user_id == user_id)
+                    .returning(_RETURN_USER)
+                ).fetchone()
+                if counted is None:
                     raise user_not_found(user_id)
+                user_messages.save(db, counted)
             try:
                 row = db.execute(insert).fetchone()
             except peewee.IntegrityError as error:
@@ -105,9 +110,12 @@ class SessionStore:
                     )
                     if deleted.rowcount == 1:
                         if owner is not None:
-                            db.execute(
-                                User.update(session_count=User.session_count - 1).where(User.user_id == owner)
-                            )
+                            counted = db.execute(
+                                User.update(session_count=User.session_count - 1)
+                                .where(User.user_id == owner)
+                                .returning(_RETURN_USER)
+                            ).fetchone()
+                            user_messages.save(db, counted)
                         return
             raise session_not_found(session_id)
 

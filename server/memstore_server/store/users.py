@@ -1,35 +1,30 @@
 """Users: their queries and transactions.
 
-Reads run SQL built once at import and executed on the pooled connection (no
-per-call query building); writes go through the Peewee models.
+Reads return the users' stored serialized messages (see user_messages.py) as bytes,
+framed into responses by hand, and run SQL built once at import. Writes go through
+the Peewee models and store fresh bytes in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import peewee
 from memstore.v1 import users_pb2
 
+from memstore_server import wire
 from memstore_server.database import connection
 from memstore_server.errors import AlreadyExists, InvalidArgument, user_not_found
 from memstore_server.models import User
+from memstore_server.store import user_messages
 from memstore_server.store.errors import violated_constraint
-from memstore_server.store.rows import (
-    SESSION_COLUMNS,
-    USER_COLUMNS,
-    Row,
-    add_sessions,
-    add_users,
-    fill_user,
-    next_cursor,
-)
+from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, add_sessions, next_cursor
 from memstore_server.validation import MAX_METADATA_BYTES, Metadata, metadata_json, metadata_size
 
-_GET_USER = f"SELECT {USER_COLUMNS} FROM users WHERE user_id = %s"
-_LIST_USERS = f"SELECT {USER_COLUMNS} FROM users WHERE id > %s ORDER BY id LIMIT %s"
+_GET_MESSAGE = "SELECT id, message FROM users WHERE user_id = %s"
+_LIST_MESSAGES = "SELECT id, message FROM users WHERE id > %s ORDER BY id LIMIT %s"
 # One round trip: no row when the user does not exist, one all-NULL row when it
 # has no session (after the cursor), else one row per session of the page.
 _USER_SESSIONS = f"""
@@ -43,6 +38,12 @@ WHERE users.user_id = %s
 """
 _TOUCH = peewee.SQL("GREATEST(clock_timestamp(), updated_at + interval '1 microsecond')")
 _RETURN_USER = peewee.SQL(USER_COLUMNS)
+# Room kept in every streamed message for its next_cursor field.
+_NEXT_CURSOR_BYTES = 11
+# users = 1 in ListUsersResponse and ListUsersChunkedResponse; next_cursor = 2.
+_USERS_FIELD, _NEXT_CURSOR_FIELD = 1, 2
+
+MessageRow = tuple[int, Any]  # (id, stored message: memoryview, bytes or None)
 
 
 @dataclass(frozen=True)
@@ -57,22 +58,26 @@ class UserChanges:
     replace_metadata: bool = False
 
 
-# Room kept in every streamed message for its next_cursor and gRPC framing.
-_MESSAGE_SLACK_BYTES = 64
+@dataclass(frozen=True)
+class Chunk:
+    """One ListUsersChunked message, already serialized, and how many users it holds."""
+
+    payload: bytes
+    users: int
 
 
 class UserStore:
+    """Returns users as serialized ``memstore.v1.User`` bytes, and pages as serialized responses."""
+
     def __init__(self, db: peewee.Database, *, max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self._db = db
         self._max_message_bytes = max_message_bytes
 
-    def create(
-        self, user_id: str, email: str, first_name: str, last_name: str, metadata: Metadata
-    ) -> users_pb2.User:
+    def create(self, user_id: str, email: str, first_name: str, last_name: str, metadata: Metadata) -> bytes:
         query = User.insert(
             user_id=user_id, email=email, first_name=first_name, last_name=last_name, metadata=metadata.value
         ).returning(_RETURN_USER)
-        with connection(self._db) as db:
+        with connection(self._db) as db, db.atomic():
             try:
                 row = db.execute(query).fetchone()
             except peewee.IntegrityError as error:
@@ -83,16 +88,17 @@ class UserStore:
                         metadata={"user_id": user_id},
                     ) from error
                 raise
-        return fill_user(users_pb2.User(), row)
+            return user_messages.save(db, row)
 
-    def get(self, user_id: str) -> users_pb2.User:
+    def get(self, user_id: str) -> bytes:
         with connection(self._db) as db:
-            row = db.execute_sql(_GET_USER, (user_id,)).fetchone()
-        if row is None:
+            row = db.execute_sql(_GET_MESSAGE, (user_id,)).fetchone()
+            found = self._messages(db, [row]) if row is not None else []
+        if not found:
             raise user_not_found(user_id)
-        return fill_user(users_pb2.User(), row)
+        return found[0][1]
 
-    def update(self, user_id: str, changes: UserChanges) -> users_pb2.User:
+    def update(self, user_id: str, changes: UserChanges) -> bytes:
         values: dict[Any, Any] = {User.updated_at: _TOUCH}
         for field, value in (
             (User.email, changes.email),
@@ -120,7 +126,7 @@ class UserStore:
                     "metadata",
                     f"the merged metadata would be {size} bytes; at most {MAX_METADATA_BYTES} are allowed",
                 )
-        return fill_user(users_pb2.User(), row)
+            return user_messages.save(db, row)
 
     def delete(self, user_id: str) -> None:
         """Delete the user; its sessions go in the same statement (ON DELETE CASCADE)."""
@@ -129,55 +135,30 @@ class UserStore:
             if cursor.rowcount == 0:
                 raise user_not_found(user_id)
 
-    def page(self, after: int, limit: int) -> users_pb2.ListUsersResponse:
+    def page(self, after: int, limit: int) -> bytes:
+        """A serialized ListUsersResponse."""
         with connection(self._db) as db:
-            rows = db.execute_sql(_LIST_USERS, (after, limit + 1)).fetchall()
-        page, cursor = next_cursor(rows, limit)
-        response = users_pb2.ListUsersResponse(next_cursor=cursor)
-        add_users(response.users, page)
-        return response
+            rows: list[MessageRow] = db.execute_sql(_LIST_MESSAGES, (after, limit + 1)).fetchall()
+            page, cursor = next_cursor(rows, limit)
+            messages = self._messages(db, page)
+        return wire.repeated(_USERS_FIELD, (message for _, message in messages)) + wire.int_field(
+            _NEXT_CURSOR_FIELD, cursor
+        )
 
-    def chunks(self, after: int, size: int) -> Iterator[users_pb2.ListUsersChunkedResponse]:
-        """Every user after ``after`` in id order, ``size`` per message.
+    def chunks(self, after: int, size: int) -> Iterator[Chunk]:
+        """Every user after ``after`` in id order, ``size`` per serialized ListUsersChunkedResponse.
 
         Keyset pages, each on a connection held only while it is fetched, so a slow
         reader never pins a pooled connection. The next page is fetched before the
         current one is sent, so the last message knows it is last (next_cursor 0).
+        A page too large for one message is split; every part still ends with its
+        last user's id as next_cursor.
         """
         page = self._fetch_page(after, size)
         while page:
             following = self._fetch_page(page[-1][0], size)
-            chunk = users_pb2.ListUsersChunkedResponse(next_cursor=page[-1][0] if following else 0)
-            add_users(chunk.users, page)
-            if chunk.ByteSize() + _MESSAGE_SLACK_BYTES <= self._max_message_bytes:
-                yield chunk
-            else:
-                yield from self._split(chunk, final=not following)
+            yield from self._frame(page, final=not following)
             page = following
-
-    def _split(
-        self, chunk: users_pb2.ListUsersChunkedResponse, *, final: bool
-    ) -> Iterator[users_pb2.ListUsersChunkedResponse]:
-        """``chunk`` as several messages that each fit the largest message the server may send.
-
-        Users with large metadata would otherwise make a message the client refuses.
-        Each part still ends with its last user's id as next_cursor, so a consumer
-        resumes from any of them; only the very last part of the stream says 0.
-        """
-        budget = self._max_message_bytes - _MESSAGE_SLACK_BYTES
-        part = users_pb2.ListUsersChunkedResponse()
-        used = 0
-        for user in chunk.users:
-            # Field tag, length varint (at most 5 bytes), then the user itself.
-            size = 6 + user.ByteSize()
-            if part.users and used + size > budget:
-                part.next_cursor = part.users[-1].id
-                yield part
-                part, used = users_pb2.ListUsersChunkedResponse(), 0
-            part.users.append(user)
-            used += size
-        part.next_cursor = 0 if final else part.users[-1].id
-        yield part
 
     def sessions(self, user_id: str, after: int, limit: int) -> users_pb2.GetUserSessionsResponse:
         with connection(self._db) as db:
@@ -190,7 +171,39 @@ class UserStore:
         add_sessions(response.sessions, page)
         return response
 
-    def _fetch_page(self, after: int, size: int) -> list[Row]:
+    def _fetch_page(self, after: int, size: int) -> list[tuple[int, bytes]]:
         with connection(self._db) as db:
-            rows: list[Row] = db.execute_sql(_LIST_USERS, (after, size)).fetchall()
-        return rows
+            rows: list[MessageRow] = db.execute_sql(_LIST_MESSAGES, (after, size)).fetchall()
+            return self._messages(db, rows)
+
+    def _frame(self, page: list[tuple[int, bytes]], *, final: bool) -> Iterator[Chunk]:
+        budget = self._max_message_bytes - _NEXT_CURSOR_BYTES
+        start, used = 0, 0
+        for index, (_, message) in enumerate(page):
+            size = wire.field_size(_USERS_FIELD, len(message))
+            if index > start and used + size > budget:
+                yield self._chunk(page[start:index], page[index - 1][0])
+                start, used = index, 0
+            used += size
+        yield self._chunk(page[start:], 0 if final else page[-1][0])
+
+    @staticmethod
+    def _chunk(part: list[tuple[int, bytes]], cursor: int) -> Chunk:
+        payload = wire.repeated(_USERS_FIELD, (message for _, message in part))
+        return Chunk(payload + wire.int_field(_NEXT_CURSOR_FIELD, cursor), len(part))
+
+    @staticmethod
+    def _messages(db: peewee.Database, rows: Sequence[MessageRow]) -> list[tuple[int, bytes]]:
+        """(id, stored bytes) of ``rows``; bytes are built from the columns for a row that has none.
+
+        A row gone between the two reads (deleted meanwhile) is left out.
+        """
+        missing = [row[0] for row in rows if row[1] is None]
+        if not missing:
+            return [(row[0], bytes(row[1])) for row in rows]
+        built = user_messages.build(db, missing)
+        return [
+            (row[0], bytes(row[1]) if row[1] is not None else built[row[0]])
+            for row in rows
+            if row[1] is not None or row[0] in built
+        ]
