@@ -37,11 +37,9 @@ def _free_port() -> int:
 @pytest.fixture
 def metrics_url(db: peewee.Database) -> Iterator[str]:
     listen = f"127.0.0.1:{_free_port()}"
-    collector = metrics.watch_pool(db)
     http = metrics.serve_metrics(listen)
     yield f"http://{listen}/metrics"
     http.shutdown()
-    metrics.unwatch_pool(collector)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -113,7 +113,7 @@ def create_server(
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # One process per port unless several are asked for: a second server on a
         # taken port must fail, not silently share it.
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
         # Accept the keepalive pings of memstore clients (every 60 s) on long streams.
         ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
         *settings.extra_grpc_options,

@@ -22,7 +22,7 @@ import peewee
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from playhouse.pool import PooledDatabase
 
-from memstore_server import __version__, logs, metrics, tracing
+from memstore_server import __version__, logs, metrics, tracing, workers
 from memstore_server.app import ListenError, create_server
 from memstore_server.config import ConfigError, Settings, add_arguments, settings_from_args
 from memstore_server.database import open_database
@@ -52,9 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "healthcheck":
         return healthcheck(settings.listen)
     try:
-        with database(settings) as db:
+        with database(settings) as (db, url):
             applied = migrate(db)
             logger.info("schema up to date (%d migration(s) applied now)", len(applied))
+            if args.command == "serve" and settings.workers > 1:
+                db.close_all()  # the supervisor holds no connection; each worker has its pool
+                return workers.supervise(settings, url)
             if args.command == "serve":
                 serve(settings, db)
     except (EmbeddedPostgresMissing, ServiceError, ListenError) as error:
@@ -89,8 +92,8 @@ def healthcheck(listen: str, timeout: float = 3.0) -> int:
 
 
 @contextlib.contextmanager
-def database(settings: Settings) -> Iterator[peewee.Database]:
-    """The pooled database of ``settings``, starting the embedded one when no URL is given."""
+def database(settings: Settings) -> Iterator[tuple[PooledDatabase, str]]:
+    """The pooled database of ``settings`` and its URL, starting the embedded one when no URL is given."""
     embedded = None
     url = settings.database_url
     if url is None:
@@ -99,20 +102,22 @@ def database(settings: Settings) -> Iterator[peewee.Database]:
         logger.info("embedded PostgreSQL running under %s", settings.data_dir)
     db = open_database(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
     try:
-        yield db
+        yield db, url
     finally:
         db.close_all()
         if embedded is not None:
             embedded.stop()
 
 
-def serve(settings: Settings, db: PooledDatabase) -> None:
-    """Serve until a signal asks to stop, then drain in-flight RPCs and return."""
+def serve(settings: Settings, db: PooledDatabase, *, serve_metrics: bool = True) -> None:
+    """Serve until a signal asks to stop, then drain in-flight RPCs and return.
+
+    ``serve_metrics`` is False in a worker process: the supervisor serves the metrics of all.
+    """
     tracer_provider = tracing.otlp_tracer_provider() if tracing.wanted(os.environ) else None
     server, port, health, database_health = create_server(settings, db, tracer_provider=tracer_provider)
     metrics_server = None
-    if settings.metrics_listen is not None:
-        metrics.watch_pool(db)
+    if settings.metrics_listen is not None and serve_metrics:
         metrics_server = metrics.serve_metrics(settings.metrics_listen)
     server.start()
     database_health.start()

@@ -41,6 +41,8 @@ class Settings:
     log_format: str = "text"
     # HOST:PORT of the Prometheus endpoint; None: none.
     metrics_listen: str | None = None
+    # Server processes sharing the port (SO_REUSEPORT); each has max_workers threads and a pool.
+    workers: int = 1
     # Threads answering RPCs; each RPC in flight holds one (a stream for its whole life).
     max_workers: int = 16
     # Pooled database connections; more than max_workers is never used.
@@ -79,9 +81,11 @@ class Settings:
         self._check_tls()
 
     def _check_limits(self) -> None:
-        for name in ("max_workers", "db_pool_size"):
+        for name in ("workers", "max_workers", "db_pool_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1")
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.workers > 1 and self.listen.endswith(":0"):
+            raise ConfigError("--workers above 1 needs a fixed port: every worker binds the same one")
         if self.max_message_bytes < MIN_MAX_MESSAGE_BYTES:
             raise ConfigError(
                 f"--max-message-bytes must be at least {MIN_MAX_MESSAGE_BYTES} (one largest user)"
@@ -148,7 +152,16 @@ OPTIONS: tuple[Option, ...] = (
         "MEMSTORE_METRICS_LISTEN",
         "HOST:PORT to serve Prometheus metrics on (/metrics); unset: no metrics endpoint",
     ),
-    Option("--max-workers", "MEMSTORE_MAX_WORKERS", "threads answering RPCs", type=int, default="16"),
+    Option(
+        "--workers",
+        "MEMSTORE_WORKERS",
+        "server processes sharing the port, one core each",
+        type=int,
+        default="1",
+    ),
+    Option(
+        "--max-workers", "MEMSTORE_MAX_WORKERS", "threads answering RPCs, per process", type=int, default="16"
+    ),
     Option("--db-pool-size", "MEMSTORE_DB_POOL_SIZE", "pooled database connections", type=int, default="16"),
     Option(
         "--grace-period",
@@ -232,6 +245,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         log_level=args.log_level.upper(),
         log_format=args.log_format.lower(),
         metrics_listen=args.metrics_listen or None,
+        workers=args.workers,
         max_workers=args.max_workers,
         db_pool_size=args.db_pool_size,
         grace_period=args.grace_period,

@@ -52,6 +52,7 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     try:
         with db.connection_context():
             metrics.POOL_WAIT_SECONDS.observe(time.perf_counter() - asked)
+            metrics.observe_pool(db)
             yield db
     except MaxConnectionsExceeded as error:
         logger.warning("database pool exhausted: %s", error)
@@ -64,3 +65,5 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
         raise Unavailable(
             "the database is unavailable; retry with backoff", reason="DATABASE_UNAVAILABLE"
         ) from error
+    finally:
+        metrics.observe_pool(db)  # the connection is back in the pool by now

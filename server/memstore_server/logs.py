@@ -14,9 +14,9 @@ from pythonjsonlogger.json import JsonFormatter
 
 from memstore_server import request_context
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 # Fields of a JSON line; the access log adds method, code, duration_ms and peer.
-JSON_FIELDS = ("asctime", "levelname", "name", "message", "request_id", "trace_id")
+JSON_FIELDS = ("asctime", "levelname", "name", "process", "message", "request_id", "trace_id")
 
 
 class _RequestFields(logging.Filter):

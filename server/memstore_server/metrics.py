@@ -4,18 +4,29 @@ The gRPC series carry the names and labels of go-grpc-prometheus
 (grpc_server_started_total, grpc_server_handled_total, grpc_server_handling_seconds,
 grpc_server_msg_received_total, grpc_server_msg_sent_total), which the usual
 gRPC dashboards chart. They are recorded by interceptors.CallObserverInterceptor.
+
+With several worker processes, prometheus-client's multiprocess mode (chosen by
+PROMETHEUS_MULTIPROC_DIR, which the supervisor sets before starting the workers)
+keeps every worker's values in shared files, and the supervisor serves their sum;
+so gauges here say how to combine across processes, and nothing uses the Info
+type, which that mode lacks.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
 from playhouse.pool import PooledDatabase
-from prometheus_client import REGISTRY, Counter, Histogram, Info, start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+)
 
 from memstore_server import __version__
 
@@ -43,42 +54,48 @@ POOL_WAIT_SECONDS = Histogram(
     "Time an RPC waited for a pooled database connection.",
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
 )
-BUILD = Info("memstore_build", "The running memstore.")
-BUILD.info({"version": __version__})
+POOL_CONNECTIONS = Gauge(
+    "memstore_db_pool_connections",
+    "Pooled database connections by state, summed over worker processes.",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+POOL_MAX = Gauge(
+    "memstore_db_pool_max_connections",
+    "Size limit of the pools, summed over worker processes.",
+    multiprocess_mode="livesum",
+)
+BUILD_INFO = Gauge(
+    "memstore_build_info", "The running memstore; always 1.", ["version"], multiprocess_mode="max"
+)
+BUILD_INFO.labels(__version__).set(1)
+_IN_USE = POOL_CONNECTIONS.labels("in_use")
+_IDLE = POOL_CONNECTIONS.labels("idle")
 
 
-class PoolCollector(Collector):
-    """Connections of a pool, by state, read when scraped."""
-
-    def __init__(self, pool: PooledDatabase) -> None:
-        self._pool = pool
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
-            "memstore_db_pool_connections", "Pooled database connections by state.", labels=["state"]
-        )
-        # Peewee keeps these as plain containers; len() of each is a consistent-enough snapshot.
-        family.add_metric(["in_use"], len(self._pool._in_use))
-        family.add_metric(["idle"], len(self._pool._connections))
-        yield family
-        limit = GaugeMetricFamily("memstore_db_pool_max_connections", "Size limit of the pool.")
-        limit.add_metric([], self._pool._max_connections or 0)
-        yield limit
+def observe_pool(pool: PooledDatabase) -> None:
+    """Publish the pool's state; called as connections are checked out and returned."""
+    # Peewee keeps these as plain containers; len() of each is a consistent-enough snapshot.
+    _IN_USE.set(len(pool._in_use))
+    _IDLE.set(len(pool._connections))
+    POOL_MAX.set(pool._max_connections or 0)
 
 
-def watch_pool(pool: PooledDatabase) -> PoolCollector:
-    collector = PoolCollector(pool)
-    REGISTRY.register(collector)
-    return collector
+def registry_for_workers() -> CollectorRegistry:
+    """A registry that sums what every worker process recorded (multiprocess mode)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
-def unwatch_pool(collector: PoolCollector) -> None:
-    REGISTRY.unregister(collector)
+def worker_exited(pid: int) -> None:
+    """Drop a finished worker's live gauges from the sums."""
+    multiprocess.mark_process_dead(pid)
 
 
-def serve_metrics(listen: str) -> WSGIServer:
+def serve_metrics(listen: str, registry: CollectorRegistry = REGISTRY) -> WSGIServer:
     """Serve /metrics over HTTP on ``listen`` (HOST:PORT) from a daemon thread."""
     host, _, port = listen.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host.strip("[]"))
+    server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
     logger.info("metrics on http://%s/metrics", listen)
     return server

@@ -1,0 +1,115 @@
+"""Several server processes on one port: one Python process uses one core, whatever its threads.
+
+``memstore-server serve --workers N`` runs this supervisor: it starts N worker
+processes that each bind the same port (SO_REUSEPORT, so the kernel spreads
+connections across them) with a pool of their own, forwards SIGTERM and Ctrl-C to
+them, and exits when they have drained. Metrics from every worker are summed
+through prometheus-client's multiprocess mode and served by the supervisor.
+A worker that dies on its own stops the others: the supervisor exits non-zero and
+leaves restarting to whatever runs it (systemd, Kubernetes, compose).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from memstore_server.config import Settings
+
+logger = logging.getLogger(__name__)
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_POLL_SECONDS = 0.2
+
+
+def worker_main(settings: Settings, database_url: str) -> None:
+    """One worker process: its own pool, the shared port, the single-process serve loop."""
+    from memstore_server import logs
+    from memstore_server.cli import serve
+    from memstore_server.database import open_database
+
+    logs.configure(settings.log_level, settings.log_format)
+    db = open_database(database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
+    try:
+        serve(settings, db, serve_metrics=False)
+    finally:
+        db.close_all()
+
+
+def supervise(settings: Settings, database_url: str) -> int:
+    """Run ``settings.workers`` workers until a signal stops them; 0 when all ended cleanly."""
+    from memstore_server import metrics
+
+    metrics_dir = None
+    metrics_server = None
+    if settings.metrics_listen is not None:
+        metrics_dir = tempfile.mkdtemp(prefix="memstore-metrics-")
+        os.environ[_MULTIPROC_ENV] = metrics_dir  # read by prometheus-client in each new worker
+    context = multiprocessing.get_context("spawn")
+    workers: list[BaseProcess] = [
+        context.Process(target=worker_main, args=(settings, database_url), name=f"memstore-worker-{number}")
+        for number in range(settings.workers)
+    ]
+    stopping = False
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        logger.info("%s: passing it to %d workers", signal.Signals(signum).name, len(workers))
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for worker in workers:
+            worker.start()
+        if metrics_dir is not None and settings.metrics_listen is not None:
+            metrics_server = metrics.serve_metrics(settings.metrics_listen, metrics.registry_for_workers())
+        logger.info("supervising %d workers on %s", len(workers), settings.listen)
+        failed = _wait(workers, lambda: stopping)
+        if failed and not stopping:
+            logger.error("a worker exited unexpectedly; stopping the others")
+            for worker in workers:
+                if worker.is_alive():
+                    worker.terminate()
+            _wait(workers, lambda: True)
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if metrics_dir is not None:
+            os.environ.pop(_MULTIPROC_ENV, None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _wait(workers: list[BaseProcess], stopping: Callable[[], bool]) -> bool:
+    """Wait until every worker has exited, or one fails while not stopping; True if any failed."""
+    from memstore_server import metrics
+
+    reaped: set[int] = set()
+    while True:
+        failed = False
+        for worker in workers:
+            if worker.exitcode is None:
+                continue
+            if worker.pid is not None and worker.pid not in reaped:
+                reaped.add(worker.pid)
+                if os.environ.get(_MULTIPROC_ENV):
+                    metrics.worker_exited(worker.pid)
+            failed |= worker.exitcode != 0
+        if all(worker.exitcode is not None for worker in workers):
+            return failed
+        if failed and not stopping():
+            return True
+        time.sleep(_POLL_SECONDS)
