@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 TS := client/typescript
 
-.PHONY: help run migrate test test-py test-ts lint lint-ts format proto proto-ts clean bench-model fuzz reliability
+.PHONY: help run migrate test test-py test-ts lint lint-ts format proto proto-ts clean bench bench-quick bench-model fuzz reliability
 
 help:
 	@echo "make run      serve on 127.0.0.1:50051 (embedded PostgreSQL unless MEMSTORE_DATABASE_URL is set)"
@@ -14,6 +14,7 @@ help:
 	@echo "make proto    regenerate the Python and TypeScript stubs from protos/"
 	@echo "make fuzz     the property-based suite with many more cases"
 	@echo "make reliability  fault, crash and fuzz tests; figures into RELIABILITY.md"
+	@echo "make bench    speed figures beside same-run baselines, into BENCHMARKS.md (bench-quick: 1 minute)"
 	@echo "make bench-model  measure the sync and grpc.aio server models side by side"
 	@echo "make clean    remove the virtualenv and the embedded database"
 
@@ -76,6 +77,14 @@ fuzz: $(INSTALLED)
 reliability: $(INSTALLED)
 	MEMSTORE_RELIABILITY_REPORT=RELIABILITY.md MEMSTORE_FUZZ_EXAMPLES=$${MEMSTORE_FUZZ_EXAMPLES:-1000} \
 		$(BIN)/pytest -q tests/test_faults.py tests/test_crash_and_shutdown.py tests/test_fuzz.py
+
+# Speed, each figure beside a baseline of the same run; writes BENCHMARKS.md.
+bench: $(INSTALLED)
+	$(BIN)/python bench/run.py --write BENCHMARKS.md $(BENCH_ARGS)
+
+# The same in about a minute: 100,000 users, short runs; prints only.
+bench-quick: $(INSTALLED)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 # Which server model is faster here (sync thread pool or grpc.aio); prints a table.
 bench-model: $(INSTALLED)

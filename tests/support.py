@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -68,3 +71,11 @@ def expect_error(call: Any, request: Any, code: grpc.StatusCode) -> ErrorDetails
         assert details.code == code, f"expected {code}, got {details.code}: {details.message}"
         return details
     raise AssertionError(f"expected {code}, but the call succeeded")
+
+
+GRPCURL = Path(sys.executable).parent / "grpcurl"
+
+
+def run_grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+    """The grpcurl binary of the dev install with ``args``; its exit code is for the caller to judge."""
+    return subprocess.run([str(GRPCURL), *args], capture_output=True, text=True, timeout=30, check=False)

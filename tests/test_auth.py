@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +15,9 @@ from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server.app import ServerHandle
 from memstore_server.config import Settings
 
-from tests.support import TIMEOUT, details_of, unique
+from tests.support import TIMEOUT, details_of, run_grpcurl, unique
 
 SECRET = "a-jwt-secret-long-enough-for-hs256-and-for-the-hs512-token-of-a-negative-test"
-GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 
 
 @pytest.fixture
@@ -120,35 +117,20 @@ def test_health_answers_without_credentials(guarded: str) -> None:
 
 
 def test_grpcurl_needs_the_header_for_reflection_and_calls(guarded: str) -> None:
-    refused = subprocess.run(
-        [GRPCURL, "-plaintext", guarded, "list"], capture_output=True, text=True, timeout=30, check=False
-    )
+    refused = run_grpcurl("-plaintext", guarded, "list")
     assert refused.returncode != 0
     assert "Unauthenticated" in refused.stderr or "missing or invalid credentials" in refused.stderr
     header = ["-H", "authorization: Bearer env-key"]
-    listed = subprocess.run(
-        [GRPCURL, *header, "-plaintext", guarded, "list"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    listed = run_grpcurl(*header, "-plaintext", guarded, "list")
     assert listed.returncode == 0, listed.stderr
     assert "memstore.v1.UserService" in listed.stdout
-    created = subprocess.run(
-        [
-            GRPCURL,
-            *header,
-            "-plaintext",
-            "-d",
-            f'{{"user_id": "{unique("curl")}"}}',
-            guarded,
-            "memstore.v1.UserService/CreateUser",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    created = run_grpcurl(
+        *header,
+        "-plaintext",
+        "-d",
+        f'{{"user_id": "{unique("curl")}"}}',
+        guarded,
+        "memstore.v1.UserService/CreateUser",
     )
     assert created.returncode == 0, created.stderr
 

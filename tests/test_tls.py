@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,9 +14,7 @@ from memstore_server.app import ServerHandle
 from memstore_server.config import Settings
 
 from tests.certificates import Certificates, make_certificates
-from tests.support import TIMEOUT, unique
-
-GRPCURL = str(Path(sys.executable).parent / "grpcurl")
+from tests.support import TIMEOUT, run_grpcurl, unique
 
 
 @pytest.fixture
@@ -93,47 +89,27 @@ def test_grpcurl_over_tls_and_mutual_tls(
     tls_port = start_server(_tls_settings(certificates, mutual=False)).port
     mtls_port = start_server(_tls_settings(certificates, mutual=True)).port
     user_id = unique("curl")
-    created = subprocess.run(
-        [
-            GRPCURL,
-            "-cacert",
-            str(certificates.ca),
-            "-d",
-            json.dumps({"user_id": user_id}),
-            f"127.0.0.1:{tls_port}",
-            "memstore.v1.UserService/CreateUser",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    created = run_grpcurl(
+        "-cacert",
+        str(certificates.ca),
+        "-d",
+        json.dumps({"user_id": user_id}),
+        f"127.0.0.1:{tls_port}",
+        "memstore.v1.UserService/CreateUser",
     )
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["user"]["user_id"] == user_id
-    refused = subprocess.run(
-        [GRPCURL, "-cacert", str(certificates.ca), f"127.0.0.1:{mtls_port}", "list"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    refused = run_grpcurl("-cacert", str(certificates.ca), f"127.0.0.1:{mtls_port}", "list")
     assert refused.returncode != 0
-    listed = subprocess.run(
-        [
-            GRPCURL,
-            "-cacert",
-            str(certificates.ca),
-            "-cert",
-            str(certificates.client_cert),
-            "-key",
-            str(certificates.client_key),
-            f"127.0.0.1:{mtls_port}",
-            "list",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    listed = run_grpcurl(
+        "-cacert",
+        str(certificates.ca),
+        "-cert",
+        str(certificates.client_cert),
+        "-key",
+        str(certificates.client_key),
+        f"127.0.0.1:{mtls_port}",
+        "list",
     )
     assert listed.returncode == 0, listed.stderr
     assert "memstore.v1.UserService" in listed.stdout

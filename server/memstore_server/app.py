@@ -100,14 +100,14 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def create_server(
-    settings: Settings, db: PooledDatabase, *, tracer_provider: trace.TracerProvider | None = None
-) -> ServerHandle:
-    """Build and bind (not start) a server for ``settings`` on the migrated database ``db``.
+def new_grpc_server(
+    settings: Settings, *, tracer_provider: trace.TracerProvider | None = None
+) -> grpc.Server:
+    """The gRPC server every memstore runs on: options, thread pool and interceptors, no services.
 
-    With a ``tracer_provider``, every RPC and the database calls beneath it are traced.
+    Apart from create_server, the benchmark uses it to measure this same stack with
+    a servicer that needs no database.
     """
-    database_proxy.initialize(db)
     options: list[tuple[str, int | str]] = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -126,11 +126,22 @@ def create_server(
     if authenticator.enabled:
         interceptors.append(AuthInterceptor(authenticator))
     interceptors.append(DecodeGuardInterceptor())  # innermost: see decoding.py
-    server = grpc.server(
+    return grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=interceptors,
         options=options,
     )
+
+
+def create_server(
+    settings: Settings, db: PooledDatabase, *, tracer_provider: trace.TracerProvider | None = None
+) -> ServerHandle:
+    """Build and bind (not start) a server for ``settings`` on the migrated database ``db``.
+
+    With a ``tracer_provider``, every RPC and the database calls beneath it are traced.
+    """
+    database_proxy.initialize(db)
+    server = new_grpc_server(settings, tracer_provider=tracer_provider)
     add_service(
         server, USER_SERVICE, UserServicer(UserStore(db, max_message_bytes=settings.max_message_bytes))
     )
@@ -160,6 +171,6 @@ def create_server(
         settings.listen,
         port,
         "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
-        "on" if authenticator.enabled else "off",
+        "on" if settings.api_keys or settings.api_keys_file or settings.jwt_secret else "off",
     )
     return ServerHandle(server, port, health_servicer, database_health)

@@ -47,6 +47,15 @@ def metadata_size(json_text: str) -> int:
     return len(json_text.encode("utf-8"))
 
 
+def check_merged_metadata(value: dict[str, JSONValue]) -> None:
+    """Refuse a merge whose result, though each part was in bounds, breaks the size limit."""
+    size = metadata_size(metadata_json(value))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidArgument.single(
+            "metadata", f"the merged metadata would be {size} bytes; at most {MAX_METADATA_BYTES} are allowed"
+        )
+
+
 class RequestChecker:
     """Checks the fields of one request and raises all violations together."""
 

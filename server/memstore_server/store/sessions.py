@@ -11,12 +11,12 @@ import peewee
 from memstore.v1 import sessions_pb2
 
 from memstore_server.database import connection
-from memstore_server.errors import AlreadyExists, InvalidArgument, session_not_found, user_not_found
+from memstore_server.errors import AlreadyExists, session_not_found, user_not_found
 from memstore_server.models import Session, User
 from memstore_server.store import user_messages
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, add_sessions, fill_session, next_cursor
-from memstore_server.validation import MAX_METADATA_BYTES, Metadata, metadata_json, metadata_size
+from memstore_server.validation import Metadata, check_merged_metadata
 
 _GET_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = %s"
 _LIST_SESSIONS = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id > %s ORDER BY id LIMIT %s"
@@ -84,12 +84,7 @@ class SessionStore:
             row = db.execute(query).fetchone()
             if row is None:
                 raise session_not_found(session_id)
-            size = metadata_size(metadata_json(row[4]))
-            if size > MAX_METADATA_BYTES:
-                raise InvalidArgument.single(
-                    "metadata",
-                    f"the merged metadata would be {size} bytes; at most {MAX_METADATA_BYTES} are allowed",
-                )
+            check_merged_metadata(row[4])  # rolls the update back when too large
         return fill_session(sessions_pb2.Session(), row)
 
     def delete(self, session_id: str) -> None:

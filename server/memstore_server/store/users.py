@@ -16,12 +16,12 @@ from memstore.v1 import users_pb2
 
 from memstore_server import wire
 from memstore_server.database import connection
-from memstore_server.errors import AlreadyExists, InvalidArgument, user_not_found
+from memstore_server.errors import AlreadyExists, user_not_found
 from memstore_server.models import User
 from memstore_server.store import user_messages
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, add_sessions, next_cursor
-from memstore_server.validation import MAX_METADATA_BYTES, Metadata, metadata_json, metadata_size
+from memstore_server.validation import Metadata, check_merged_metadata
 
 _GET_MESSAGE = "SELECT id, message FROM users WHERE user_id = %s"
 _LIST_MESSAGES = "SELECT id, message FROM users WHERE id > %s ORDER BY id LIMIT %s"
@@ -120,12 +120,7 @@ class UserStore:
             row = db.execute(query).fetchone()
             if row is None:
                 raise user_not_found(user_id)
-            size = metadata_size(metadata_json(row[6]))
-            if size > MAX_METADATA_BYTES:
-                raise InvalidArgument.single(
-                    "metadata",
-                    f"the merged metadata would be {size} bytes; at most {MAX_METADATA_BYTES} are allowed",
-                )
+            check_merged_metadata(row[6])  # rolls the update back when too large
             return user_messages.save(db, row)
 
     def delete(self, user_id: str) -> None:
