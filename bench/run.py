@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -34,6 +35,7 @@ from memstore.v1 import users_pb2, users_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import CreateUserRequests, GetUserRequests, run_load
+from memstore_server import wire
 from memstore_server.database import open_database
 from memstore_server.embedded import EmbeddedPostgres
 from memstore_server.migrations import migrate
@@ -71,7 +73,6 @@ class Figure:
     values: list[float] = field(default_factory=list)
     baselines: list[float] = field(default_factory=list)
     target: str = ""
-    unit: str = ""
     note: str = ""
 
     @property
@@ -224,6 +225,46 @@ def first_chunk_seconds(target: str, cursor: int, samples: int = 20) -> float:
     return statistics.median(times)
 
 
+def h2load_rate(target: str, seconds: float, body: Path) -> float:
+    """GetUser requests/s under h2load (4 connections x 16 streams), one fixed request."""
+    result = subprocess.run(
+        [
+            "h2load",
+            "-D",
+            f"{seconds:g}",
+            "--warm-up-time=1",
+            "-c",
+            "4",
+            "-m",
+            "16",
+            "-t",
+            "1",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-d",
+            str(body),
+            f"http://{target}{GET_USER}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
+    match = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", result.stdout)
+    if match is None:
+        raise RuntimeError(f"unexpected h2load output:\n{result.stdout}")
+    return float(match.group(1))
+
+
+def grpc_body(message: bytes, folder: Path) -> Path:
+    """``message`` framed as one gRPC request body (uncompressed flag, 4-byte length), in a file."""
+    path = folder / "get-user.body"
+    path.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+    return path
+
+
 def get_user_rates(
     command: Sequence[str],
     target: str,
@@ -282,6 +323,23 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def measure(url: str, users: int, seconds: float, runs: int, work: Path) -> list[Figure]:
+    baseline_target = f"127.0.0.1:{free_port()}"
+    baseline = [sys.executable, str(REPO / "bench" / "baseline_server.py"), "--listen", baseline_target]
+    figures = measure_one_server(url, users, seconds, runs, work)
+    get_user = figures[0]
+    get_user.baselines = get_user_rates(
+        baseline, baseline_target, log=work / "baseline.log", users=users, seconds=seconds, runs=runs
+    )
+    if shutil.which("h2load"):
+        figures.insert(
+            1, measure_h2load(url, baseline, baseline_target, seconds=seconds, runs=runs, work=work)
+        )
+    figures.append(measure_workers(url, users, seconds, runs, work))
+    return figures
+
+
+def measure_one_server(url: str, users: int, seconds: float, runs: int, work: Path) -> list[Figure]:
+    """The figures taken on one single-process server: GetUser, streaming, paging, memory, CreateUser."""
     get_user = Figure(
         "GetUser requests/s (random users, 64 in flight)",
         "constant GetUserResponse, same stack, no database",
@@ -294,25 +352,13 @@ def measure(url: str, users: int, seconds: float, runs: int, work: Path) -> list
         target=">= 0.5",
     )
     page = Figure(
-        "ListUsers page of 1000 at the end of the table, ms",
-        "the same page at the start",
-        target="<= 1.5",
-        unit="ms",
+        "ListUsers page of 1000 at the end of the table, ms", "the same page at the start", target="<= 1.5"
     )
     chunk = Figure(
-        "first ListUsersChunked message at the end of the table, ms",
-        "the same at the start",
-        target="<= 1.5",
-        unit="ms",
+        "first ListUsersChunked message at the end of the table, ms", "the same at the start", target="<= 1.5"
     )
-    rss = Figure(
-        "server RSS after streaming every user, MB",
-        "idle, after warm-up",
-        target="< idle + 100 MB",
-        unit="MB",
-    )
+    rss = Figure("server RSS after streaming every user, MB", "idle, after warm-up", target="< idle + 100 MB")
     create = Figure("CreateUser requests/s", "GetUser requests/s", target=">= 0.3")
-    workers = Figure("GetUser requests/s, 2 server processes (--workers 2)", "1 process", target=">= 1.4")
 
     target = f"127.0.0.1:{free_port()}"
     with server_process(memstore_command(url, target), target, work / "memstore.log") as server:
@@ -328,8 +374,7 @@ def measure(url: str, users: int, seconds: float, runs: int, work: Path) -> list
             assert count >= users, f"streamed {count} of {users} users"
             stream.values.append(rate)
             stream.baselines.append(raw_scan(url))
-        streamed = rss_mb(server.pid)
-        rss.values.append(streamed)
+        rss.values.append(rss_mb(server.pid))
         rss.baselines.append(idle)
         last_start = users - CHUNK
         for _ in range(runs):
@@ -342,25 +387,47 @@ def measure(url: str, users: int, seconds: float, runs: int, work: Path) -> list
             create.values.append(created.requests_per_second)
         create.baselines = list(get_user.values)
     get_user.note = f"p50 {spread(latency['p50'])} ms, p99 {spread(latency['p99'])} ms"
+    return [get_user, stream, page, chunk, rss, create]
 
-    baseline_target = f"127.0.0.1:{free_port()}"
-    baseline = [sys.executable, str(REPO / "bench" / "baseline_server.py"), "--listen", baseline_target]
-    get_user.baselines = get_user_rates(
-        baseline, baseline_target, log=work / "baseline.log", users=users, seconds=seconds, runs=runs
+
+def measure_h2load(
+    url: str, baseline: Sequence[str], baseline_target: str, *, seconds: float, runs: int, work: Path
+) -> Figure:
+    """GetUser against the constant baseline again, driven by h2load, a load generator in C."""
+    figure = Figure(
+        "GetUser requests/s under h2load (4 connections x 16 streams, one user)",
+        "constant GetUserResponse, same stack, no database",
+        target=">= 0.6",
+        note="the same request every time: h2load sends one body",
     )
-    # The process comparison uses two load processes, so the load generator is not what limits two workers.
+    body = grpc_body(wire.length_delimited(1, b"user-1"), work)
+    target = f"127.0.0.1:{free_port()}"
+    with server_process(memstore_command(url, target), target, work / "h2load.log"):
+        figure.values = [h2load_rate(target, seconds, body) for _ in range(runs)]
+    with server_process(baseline, baseline_target, work / "baseline-h2load.log"):
+        figure.baselines = [h2load_rate(baseline_target, seconds, body) for _ in range(runs)]
+    return figure
+
+
+def measure_workers(url: str, users: int, seconds: float, runs: int, work: Path) -> Figure:
+    """GetUser with two worker processes against one, each driven by two load processes."""
+    figure = Figure(
+        "GetUser requests/s, 2 server processes (--workers 2)",
+        "1 process",
+        target=">= 1.4",
+        note="both driven by 2 load processes of 32 calls in flight",
+    )
     two_target = f"127.0.0.1:{free_port()}"
     two = memstore_command(url, two_target, "--workers", "2")
-    workers.values = get_user_rates(
+    figure.values = get_user_rates(
         two, two_target, log=work / "workers.log", users=users, seconds=seconds, runs=runs, processes=2
     )
     one_target = f"127.0.0.1:{free_port()}"
     one = memstore_command(url, one_target)
-    workers.baselines = get_user_rates(
+    figure.baselines = get_user_rates(
         one, one_target, log=work / "one.log", users=users, seconds=seconds, runs=runs, processes=2
     )
-    workers.note = "both driven by 2 load processes of 32 calls in flight"
-    return [get_user, stream, page, chunk, rss, create, workers]
+    return figure
 
 
 def render(figures: list[Figure], users: int, seconds: float, runs: int, command: str) -> str:
@@ -372,8 +439,12 @@ def render(figures: list[Figure], users: int, seconds: float, runs: int, command
         "shared by the server, PostgreSQL (embedded, 18) and the load generators",
         f"- data: {users:,} users with small metadata objects; load runs of {seconds:g} s after 1 s "
         f"of warm-up; every figure is the median of {runs} runs, [min-max]",
-        "- load: closed-loop Python grpc.aio clients in their own processes "
-        "(no HTTP/2 load generator on this machine)",
+        "- load: closed-loop Python grpc.aio clients in their own processes"
+        + (
+            "; and h2load (nghttp2-client) where installed"
+            if shutil.which("h2load")
+            else " (h2load not installed)"
+        ),
         "",
         "| figure | value | baseline (same run) | baseline value | ratio | target | met |",
         "|---|---|---|---|---|---|---|",
