@@ -52,7 +52,8 @@ def main() -> None:
     server.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait()
+    while not stop.wait(0.5):  # short waits, so the main thread gets to run the signal handler
+        pass
     server.stop(1).wait()
 
 

@@ -14,7 +14,7 @@ from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server.app import create_server
 from memstore_server.config import Settings
 from memstore_server.database import open_database
-from memstore_server.interceptors import CallObserverInterceptor, ErrorInterceptor
+from memstore_server.interceptors import WrappingInterceptor, guard_errors, observe
 
 from tests.support import TIMEOUT, ServerAddress, details_of, expect_error, struct, unique
 
@@ -40,7 +40,7 @@ def broken_server() -> Iterator[users_pb2_grpc.UserServiceStub]:
 
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
-        interceptors=[CallObserverInterceptor(), ErrorInterceptor()],
+        interceptors=[WrappingInterceptor([observe, guard_errors])],
     )
     users_pb2_grpc.add_UserServiceServicer_to_server(_BrokenUsers(), server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -22,11 +22,11 @@ from opentelemetry import trace
 from playhouse.pool import PooledDatabase
 
 from memstore_server import tracing
-from memstore_server.auth import Authenticator, AuthInterceptor, digest, read_keys_file
+from memstore_server.auth import Authenticator, authentication, digest, read_keys_file
 from memstore_server.config import Settings
-from memstore_server.decoding import DecodeGuardInterceptor
+from memstore_server.decoding import reject_undecodable, tolerant
 from memstore_server.health import DatabaseHealth
-from memstore_server.interceptors import CallObserverInterceptor, ErrorInterceptor
+from memstore_server.interceptors import Wrapper, WrappingInterceptor, guard_errors, observe
 from memstore_server.models import database_proxy
 from memstore_server.servicers.sessions import SessionServicer
 from memstore_server.servicers.users import UserServicer
@@ -119,13 +119,14 @@ def new_grpc_server(
         *settings.extra_grpc_options,
     ]
     authenticator = authenticator_for(settings)
+    wrappers: list[Wrapper] = [observe, guard_errors]
+    if authenticator.enabled:
+        wrappers.append(authentication(authenticator))
+    wrappers.append(reject_undecodable)  # innermost: see decoding.py
     interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
     if tracer_provider is not None:  # outermost, so its span covers everything below
         interceptors.append(tracing.instrument(tracer_provider))
-    interceptors += [CallObserverInterceptor(), ErrorInterceptor()]
-    if authenticator.enabled:
-        interceptors.append(AuthInterceptor(authenticator))
-    interceptors.append(DecodeGuardInterceptor())  # innermost: see decoding.py
+    interceptors.append(WrappingInterceptor(wrappers, deserializer=tolerant))
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
         interceptors=interceptors,

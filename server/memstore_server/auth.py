@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 import jwt
-from grpc_interceptor import ServerInterceptor
 
 from memstore_server.errors import Unauthenticated
+from memstore_server.interceptors import Behaviour, MethodInfo
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +92,25 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
     return None
 
 
-class AuthInterceptor(ServerInterceptor):
-    """Refuses every RPC but health checks unless it carries a valid bearer token."""
+def authentication(authenticator: Authenticator) -> Callable[[Behaviour, MethodInfo], Behaviour]:
+    """A wrapper refusing every RPC but health checks unless it carries a valid bearer token."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
-        self._authenticator = authenticator
+    def wrap(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
+        if info.full_method.startswith(_OPEN_PREFIXES):
+            return behaviour
 
-    def intercept(
-        self, method: Callable[..., Any], request: Any, context: grpc.ServicerContext, method_name: str
-    ) -> Any:
-        if not method_name.startswith(_OPEN_PREFIXES):
+        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
             token = bearer_token(context.invocation_metadata())
-            if token is None or not self._authenticator.is_valid(token):
-                logger.info("refused %s: %s credentials", method_name, "no" if token is None else "invalid")
+            if token is None or not authenticator.is_valid(token):
+                logger.info(
+                    "refused %s: %s credentials", info.full_method, "no" if token is None else "invalid"
+                )
                 raise Unauthenticated(
                     "missing or invalid credentials: send 'authorization: Bearer <token>'",
                     reason="UNAUTHENTICATED",
                 )
-        return method(request, context)
+            return behaviour(request, context)
+
+        return authenticated
+
+    return wrap

@@ -1,7 +1,7 @@
 """Requests that do not parse are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
 
 gRPC Python answers a request it cannot deserialize (say, a string field holding
-invalid UTF-8) with a bare INTERNAL. This interceptor parses requests itself, so
+invalid UTF-8) with a bare INTERNAL. ``tolerant`` deserializes requests itself, so
 such a request reaches the error boundary as an InvalidArgument naming the message.
 """
 
@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from memstore_server.errors import InvalidArgument
+from memstore_server.interceptors import Behaviour, MethodInfo
 
 
 class _Undecodable:
@@ -23,9 +24,8 @@ class _Undecodable:
         self.error = error
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserializer is None:
-        return None
+def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``deserializer``, returning an _Undecodable instead of raising on bytes that do not parse."""
 
     def deserialize(data: bytes) -> Any:
         try:
@@ -36,34 +36,12 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return deserialize
 
 
-def _checked(behaviour: Callable[..., Any]) -> Callable[..., Any]:
-    def run(request: Any, context: grpc.ServicerContext) -> Any:
+def reject_undecodable(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
+    """The innermost wrapper: a request that did not parse becomes INVALID_ARGUMENT."""
+
+    def checked(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, _Undecodable):
             raise InvalidArgument.single("request", f"is not a valid protobuf message: {request.error}")
         return behaviour(request, context)
 
-    return run
-
-
-class DecodeGuardInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Must be the innermost interceptor: outer ones copy the deserializer it installs."""
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                _checked(handler.unary_stream),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            _checked(handler.unary_unary),
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+    return checked

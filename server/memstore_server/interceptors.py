@@ -1,24 +1,28 @@
-"""Server interceptors: the access log (with the request id) and the error boundary.
+"""What happens around every RPC: the request id, the access log, metrics, and the error boundary.
 
-The error boundary is the only place where exceptions meet the wire: a
-ServiceError becomes its google.rpc.Status, anything else is logged in full and
-reaches the client as a bare INTERNAL, with no SQL or stack trace in it. Every
+gRPC Python runs every interceptor for every call, and an interceptor that builds
+a new handler per call (as generic interceptor libraries do) costs tens of
+microseconds each. So memstore has one interceptor, ``WrappingInterceptor``,
+which wraps each method's behaviour once, with every wrapper, and reuses the
+result: each wrapper is a function from a behaviour to a behaviour.
+
+The error boundary (``guard_errors``) is the only place where exceptions meet the
+wire: a ServiceError becomes its google.rpc.Status, anything else is logged in
+full and reaches the client as a bare INTERNAL naming only the request id. Every
 reply, failed or not, carries its request id in trailing metadata.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import descriptor_pool
-from grpc_interceptor import ServerInterceptor
 from grpc_status import rpc_status
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -31,6 +35,82 @@ access_logger = logging.getLogger("memstore_server.access")
 
 _CODES_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
+Behaviour = Callable[[Any, grpc.ServicerContext], Any]
+Deserializer = Callable[[bytes], Any]
+Handler = Any  # grpc.RpcMethodHandler, whose stubs do not fit the four kinds of behaviour
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What wrappers know of the method they wrap, worked out once per method."""
+
+    full_method: str  # "/memstore.v1.UserService/GetUser"
+    service: str
+    method: str
+    rpc_type: str  # go-grpc-prometheus's grpc_type: unary, server_stream, client_stream, bidi_stream
+
+    @classmethod
+    def of(cls, full_method: str, handler: Handler) -> MethodInfo:
+        service, _, method = full_method[1:].rpartition("/")
+        if handler.request_streaming:
+            rpc_type = "bidi_stream" if handler.response_streaming else "client_stream"
+        else:
+            rpc_type = "server_stream" if handler.response_streaming else "unary"
+        return cls(full_method, service, method, rpc_type)
+
+
+Wrapper = Callable[[Behaviour, MethodInfo], Behaviour]
+
+
+class WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Applies ``wrappers`` (outermost first) to each method once, and serves the cached result.
+
+    ``deserializer`` may replace a unary method's request deserializer (see decoding.py).
+    """
+
+    def __init__(
+        self, wrappers: Sequence[Wrapper], deserializer: Callable[[Deserializer], Deserializer] | None = None
+    ) -> None:
+        self._wrappers = tuple(wrappers)
+        self._deserializer = deserializer
+        self._handlers: dict[str, Handler] = {}
+        self._lock = threading.Lock()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        method: str = handler_call_details.method
+        try:
+            return self._handlers[method]
+        except KeyError:
+            pass
+        handler = continuation(handler_call_details)
+        wrapped = None if handler is None else self._wrap(method, handler)
+        with self._lock:
+            return self._handlers.setdefault(method, wrapped)
+
+    def _wrap(self, full_method: str, handler: Handler) -> Handler:
+        info = MethodInfo.of(full_method, handler)
+        if handler.request_streaming and handler.response_streaming:
+            factory, behaviour = grpc.stream_stream_rpc_method_handler, handler.stream_stream
+        elif handler.request_streaming:
+            factory, behaviour = grpc.stream_unary_rpc_method_handler, handler.stream_unary
+        elif handler.response_streaming:
+            factory, behaviour = grpc.unary_stream_rpc_method_handler, handler.unary_stream
+        else:
+            factory, behaviour = grpc.unary_unary_rpc_method_handler, handler.unary_unary
+        for wrapper in reversed(self._wrappers):
+            behaviour = wrapper(behaviour, info)
+        deserializer = handler.request_deserializer
+        if self._deserializer is not None and deserializer is not None and not handler.request_streaming:
+            deserializer = self._deserializer(deserializer)
+        wrapped: Handler = factory(
+            behaviour, request_deserializer=deserializer, response_serializer=handler.response_serializer
+        )
+        return wrapped
+
 
 class _StatusWithRequestId(grpc.Status):
     def __init__(self, status: grpc.Status, request_id: str) -> None:
@@ -39,10 +119,10 @@ class _StatusWithRequestId(grpc.Status):
         self.trailing_metadata = (*status.trailing_metadata, (request_context.REQUEST_ID_KEY, request_id))
 
 
-def _abort(error: BaseException, context: grpc.ServicerContext, method_name: str) -> NoReturn:
+def _abort(error: BaseException, context: grpc.ServicerContext, full_method: str) -> NoReturn:
     request_id = request_context.current()
     if not isinstance(error, ServiceError):
-        logger.error("unexpected error in %s [request %s]", method_name, request_id, exc_info=error)
+        logger.error("unexpected error in %s [request %s]", full_method, request_id, exc_info=error)
         error = Internal(
             f"internal error; the server log has the details under request id {request_id}", reason="INTERNAL"
         )
@@ -51,133 +131,124 @@ def _abort(error: BaseException, context: grpc.ServicerContext, method_name: str
     raise AssertionError("abort_with_status returns only by raising")  # pragma: no cover
 
 
-class ErrorInterceptor(ServerInterceptor):
+def guard_errors(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
     """Turns every exception of a handler, unary or streaming, into a clean status."""
 
-    def intercept(
-        self, method: Callable[..., Any], request: Any, context: grpc.ServicerContext, method_name: str
-    ) -> Any:
-        try:
-            result = method(request, context)
-        except Exception as error:
-            _abort(error, context, method_name)
-        if inspect.isgenerator(result):
-            return self._guard_stream(result, context, method_name)
-        return result
-
-    @staticmethod
-    def _guard_stream(
-        stream: Iterator[Any], context: grpc.ServicerContext, method_name: str
-    ) -> Iterator[Any]:
+    def guarded_stream(stream: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             yield from stream
         except Exception as error:
-            _abort(error, context, method_name)
+            _abort(error, context, info.full_method)
 
-
-@functools.cache
-def _rpc_type(full_method: str) -> str:
-    """go-grpc-prometheus's grpc_type of a method, from its descriptor: unary, server_stream..."""
-    service, _, name = full_method[1:].rpartition("/")
-    try:
-        method = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
-    except KeyError:
-        return "unary"
-    if method.client_streaming:
-        return "bidi_stream" if method.server_streaming else "client_stream"
-    return "server_stream" if method.server_streaming else "unary"
-
-
-def _counted(requests: Iterator[Any], labels: tuple[str, str, str]) -> Iterator[Any]:
-    counter = metrics.MSG_RECEIVED.labels(*labels)
-    for request in requests:
-        counter.inc()
-        yield request
-
-
-class CallObserverInterceptor(ServerInterceptor):
-    """Sees every RPC from start to status: request id, access-log line, metrics, span status.
-
-    Gives each RPC its request id (the caller's ``x-request-id`` when sane), and
-    when the RPC ends, with whatever status, logs one line (method, code,
-    duration, peer, request id) and records the standard gRPC server metrics.
-    """
-
-    def intercept(
-        self, method: Callable[..., Any], request: Any, context: grpc.ServicerContext, method_name: str
-    ) -> Any:
-        started = time.perf_counter()
-        incoming = dict(context.invocation_metadata()).get(request_context.REQUEST_ID_KEY)
-        request_id = request_context.assign(incoming if isinstance(incoming, str) else None)
-        context.set_trailing_metadata(((request_context.REQUEST_ID_KEY, request_id),))
-        service, _, name = method_name[1:].rpartition("/")
-        call = _Call(method_name, service, name, _rpc_type(method_name), started, request_id)
-        metrics.STARTED.labels(call.rpc_type, service, name).inc()
-        if isinstance(request, Iterator):
-            request = _counted(request, (call.rpc_type, service, name))
-        else:
-            metrics.MSG_RECEIVED.labels(call.rpc_type, service, name).inc()
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            result = method(request, context)
-        except BaseException:
-            _finish(call, context, grpc.StatusCode.UNKNOWN)
-            raise
+            result = behaviour(request, context)
+        except Exception as error:
+            _abort(error, context, info.full_method)
         if inspect.isgenerator(result):
-            return self._observe_stream(result, context, call)
-        metrics.MSG_SENT.labels(call.rpc_type, service, name).inc()
-        _finish(call, context, grpc.StatusCode.OK)
+            return guarded_stream(result, context)
         return result
 
-    @staticmethod
-    def _observe_stream(stream: Iterator[Any], context: grpc.ServicerContext, call: _Call) -> Iterator[Any]:
+    return guarded
+
+
+def observe(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
+    """Gives each call its request id (the caller's ``x-request-id`` when sane) and, when it
+    ends with whatever status, logs one line (method, code, duration, peer, request id) and
+    records the standard gRPC server metrics and the span's status."""
+    return _Observed(behaviour, info)
+
+
+class _Observed:
+    """One method's behaviour under observation; its metric series are looked up once."""
+
+    def __init__(self, behaviour: Behaviour, info: MethodInfo) -> None:
+        self._behaviour = behaviour
+        self._info = info
+        labels = (info.rpc_type, info.service, info.method)
+        self._labels = labels
+        self._started = metrics.STARTED.labels(*labels)
+        self._received = metrics.MSG_RECEIVED.labels(*labels)
+        self._sent = metrics.MSG_SENT.labels(*labels)
+        self._handling = metrics.HANDLING_SECONDS.labels(*labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        incoming = None
+        for key, value in context.invocation_metadata():
+            if key == request_context.REQUEST_ID_KEY and isinstance(value, str):
+                incoming = value
+        request_id = request_context.assign(incoming)
+        context.set_trailing_metadata(((request_context.REQUEST_ID_KEY, request_id),))
+        self._started.inc()
+        if isinstance(request, Iterator):
+            request = self._counted(request)
+        else:
+            self._received.inc()
+        try:
+            result = self._behaviour(request, context)
+        except BaseException:
+            self._finish(context, started, request_id, grpc.StatusCode.UNKNOWN)
+            raise
+        if inspect.isgenerator(result):
+            return self._stream(result, context, started, request_id)
+        self._sent.inc()
+        self._finish(context, started, request_id, grpc.StatusCode.OK)
+        return result
+
+    def _counted(self, requests: Iterator[Any]) -> Iterator[Any]:
+        for request in requests:
+            self._received.inc()
+            yield request
+
+    def _stream(
+        self, stream: Iterator[Any], context: grpc.ServicerContext, started: float, request_id: str
+    ) -> Iterator[Any]:
         outcome = grpc.StatusCode.UNKNOWN
-        sent = metrics.MSG_SENT.labels(call.rpc_type, call.service, call.method)
         try:
             for message in stream:
-                sent.inc()
+                self._sent.inc()
                 yield message
             outcome = grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED
         except GeneratorExit:  # gRPC closes the stream's generator when the call is cancelled
             outcome = grpc.StatusCode.CANCELLED
             raise
         finally:
-            _finish(call, context, outcome)
+            self._finish(context, started, request_id, outcome)
 
-
-@dataclass(frozen=True)
-class _Call:
-    full_method: str
-    service: str
-    method: str
-    rpc_type: str
-    started: float
-    request_id: str
-
-
-def _finish(call: _Call, context: grpc.ServicerContext, fallback: grpc.StatusCode) -> None:
-    code = context.code() or fallback  # type: ignore[attr-defined]  # set when the handler aborted
-    if isinstance(code, int):  # abort_with_status records the numeric code
-        code = _CODES_BY_NUMBER.get(code, fallback)
-    elapsed = time.perf_counter() - call.started
-    metrics.HANDLED.labels(call.rpc_type, call.service, call.method, code.name).inc()
-    metrics.HANDLING_SECONDS.labels(call.rpc_type, call.service, call.method).observe(elapsed)
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        span.set_attribute("memstore.request_id", call.request_id)
-        if code is not grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, code.name))
-    access_logger.info(
-        "%s %s %.1fms peer=%s request_id=%s",
-        call.full_method,
-        code.name,
-        elapsed * 1000,
-        context.peer(),
-        call.request_id,
-        extra={
-            "method": call.full_method,
-            "code": code.name,
-            "duration_ms": round(elapsed * 1000, 3),
-            "peer": context.peer(),
-        },
-    )
+    def _finish(
+        self, context: grpc.ServicerContext, started: float, request_id: str, fallback: grpc.StatusCode
+    ) -> None:
+        code = context.code() or fallback  # type: ignore[attr-defined]  # set when the handler aborted
+        if isinstance(code, int):  # abort_with_status records the numeric code
+            code = _CODES_BY_NUMBER.get(code, fallback)
+        elapsed = time.perf_counter() - started
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled.setdefault(code, metrics.HANDLED.labels(*self._labels, code.name))
+        handled.inc()
+        self._handling.observe(elapsed)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.set_attribute("memstore.request_id", request_id)
+            if code is not grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
+        if access_logger.isEnabledFor(logging.INFO):
+            peer = context.peer()
+            milliseconds = elapsed * 1000
+            access_logger.info(
+                "%s %s %.1fms peer=%s request_id=%s",
+                self._info.full_method,
+                code.name,
+                milliseconds,
+                peer,
+                request_id,
+                extra={
+                    "method": self._info.full_method,
+                    "code": code.name,
+                    "duration_ms": round(milliseconds, 3),
+                    "peer": peer,
+                },
+            )
