@@ -77,7 +77,7 @@ def test_kill_9_loses_no_acknowledged_write_and_leaves_nothing_half_done(
 ) -> None:
     target = f"127.0.0.1:{free_port()}"
     args = ["serve", "--database-url", as_url(database_url), "--listen", target]
-    doomed = _seed_users_with_sessions(db, users=300, sessions_each=5)
+    doomed = _seed_users_with_sessions(db, users=3000, sessions_each=5)
     created_users: list[str] = []
     created_sessions: list[str] = []
     deleted_users: list[str] = []
@@ -141,7 +141,7 @@ def test_kill_9_loses_no_acknowledged_write_and_leaves_nothing_half_done(
     record(
         "crash safety",
         "kill -9 of the server under 4 threads of CreateUser+CreateSession and 2 of DeleteUser "
-        "(of 300 users with 5 sessions each)",
+        "(of 3000 users with 5 sessions each)",
         1,
         f"{len(created_users)} acknowledged creates, {len(created_sessions)} acknowledged sessions and "
         f"{len(deleted_users)} acknowledged deletes all found as acknowledged after restart; "

@@ -293,7 +293,7 @@ class _PageCounter:
         self._execute_sql: Callable[[str, object], object] = db.execute_sql
 
     def __call__(self, sql: str, params: object = None) -> object:
-        if sql.startswith("SELECT") and "FROM users WHERE id > %s" in sql:
+        if sql.startswith("EXECUTE memstore_list_users"):
             with self._lock:
                 self.count += 1
         return self._execute_sql(sql, params)

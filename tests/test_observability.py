@@ -113,7 +113,10 @@ def traced(db: peewee.Database) -> Iterator[tuple[users_pb2_grpc.UserServiceStub
 
 
 def _dsn_of(db: peewee.Database) -> str:
-    params = {**db.connect_params, "dbname": db.database}
+    params = {
+        **{k: v for k, v in db.connect_params.items() if k != "connection_factory"},
+        "dbname": db.database,
+    }
     return " ".join(f"{key}={value}" for key, value in params.items())
 
 

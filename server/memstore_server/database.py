@@ -28,12 +28,20 @@ CONNECT_TIMEOUT_SECONDS = 5
 PING_AFTER_IDLE_SECONDS = 5.0
 
 
-def _connect_params(url: str) -> tuple[str, dict[str, str]]:
+def _connect_params(url: str) -> tuple[str, dict[str, Any]]:
     params = psycopg2.extensions.parse_dsn(url)
     dbname = params.pop("dbname", None) or params.get("user") or "postgres"
     params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_SECONDS))
     params.setdefault("application_name", "memstore")
-    return dbname, params
+    return dbname, {**params, "connection_factory": Connection}
+
+
+class Connection(psycopg2.extensions.connection):
+    """A psycopg2 connection that remembers the statements prepared on it (store/prepared.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: set[str] = set()
 
 
 class Pool(PooledPostgresqlDatabase):  # type: ignore[misc]

@@ -20,11 +20,16 @@ from memstore_server.errors import AlreadyExists, user_not_found
 from memstore_server.models import User
 from memstore_server.store import user_messages
 from memstore_server.store.errors import violated_constraint
+from memstore_server.store.prepared import Prepared
 from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, add_sessions, next_cursor
 from memstore_server.validation import Metadata, check_merged_metadata
 
-_GET_MESSAGE = "SELECT id, message FROM users WHERE user_id = %s"
-_LIST_MESSAGES = "SELECT id, message FROM users WHERE id > %s ORDER BY id LIMIT %s"
+_GET_MESSAGE = Prepared("memstore_get_user", ("text",), "SELECT id, message FROM users WHERE user_id = $1")
+_LIST_MESSAGES = Prepared(
+    "memstore_list_users",
+    ("bigint", "bigint"),
+    "SELECT id, message FROM users WHERE id > $1 ORDER BY id LIMIT $2",
+)
 # One round trip: no row when the user does not exist, one all-NULL row when it
 # has no session (after the cursor), else one row per session of the page.
 _USER_SESSIONS = f"""
@@ -92,7 +97,7 @@ class UserStore:
 
     def get(self, user_id: str) -> bytes:
         with connection(self._db) as db:
-            row = db.execute_sql(_GET_MESSAGE, (user_id,)).fetchone()
+            row = _GET_MESSAGE.execute(db, (user_id,)).fetchone()
             found = self._messages(db, [row]) if row is not None else []
         if not found:
             raise user_not_found(user_id)
@@ -133,7 +138,7 @@ class UserStore:
     def page(self, after: int, limit: int) -> bytes:
         """A serialized ListUsersResponse."""
         with connection(self._db) as db:
-            rows: list[MessageRow] = db.execute_sql(_LIST_MESSAGES, (after, limit + 1)).fetchall()
+            rows: list[MessageRow] = _LIST_MESSAGES.execute(db, (after, limit + 1)).fetchall()
             page, cursor = next_cursor(rows, limit)
             messages = self._messages(db, page)
         return wire.repeated(_USERS_FIELD, (message for _, message in messages)) + wire.int_field(
@@ -168,7 +173,7 @@ class UserStore:
 
     def _fetch_page(self, after: int, size: int) -> list[tuple[int, bytes]]:
         with connection(self._db) as db:
-            rows: list[MessageRow] = db.execute_sql(_LIST_MESSAGES, (after, size)).fetchall()
+            rows: list[MessageRow] = _LIST_MESSAGES.execute(db, (after, size)).fetchall()
             return self._messages(db, rows)
 
     def _frame(self, page: list[tuple[int, bytes]], *, final: bool) -> Iterator[Chunk]:
