@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 TS := client/typescript
 
-.PHONY: help run migrate test test-py test-ts lint lint-ts format proto proto-ts clean bench bench-quick bench-model fuzz reliability
+.PHONY: help run migrate test test-py test-ts lint lint-ts format proto proto-ts clean bench bench-quick bench-db-paths h2load fuzz reliability
 
 help:
 	@echo "make run      serve on 127.0.0.1:50051 (embedded PostgreSQL unless MEMSTORE_DATABASE_URL is set)"
@@ -15,7 +15,7 @@ help:
 	@echo "make fuzz     the property-based suite with many more cases"
 	@echo "make reliability  fault, crash and fuzz tests; figures into RELIABILITY.md"
 	@echo "make bench    speed figures beside same-run baselines, into BENCHMARKS.md (bench-quick: 1 minute)"
-	@echo "make bench-model  measure the sync and grpc.aio server models side by side"
+	@echo "make bench-db-paths  compare ways from grpc.aio to PostgreSQL on minimal servers (2 minutes)"
 	@echo "make clean    remove the virtualenv and the embedded database"
 
 # The virtualenv, rebuilt when a package definition changes.
@@ -79,13 +79,27 @@ reliability: $(INSTALLED)
 		$(BIN)/pytest -q tests/test_faults.py tests/test_crash_and_shutdown.py tests/test_fuzz.py
 
 # Speed, each figure beside a baseline of the same run; writes BENCHMARKS.md.
-bench: $(INSTALLED)
+bench: $(INSTALLED) h2load
 	$(BIN)/python bench/run.py --write BENCHMARKS.md $(BENCH_ARGS)
 
 # The same in about a minute: 100,000 users, short runs; prints only.
-bench-quick: $(INSTALLED)
+bench-quick: $(INSTALLED) h2load
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
-# Which server model is faster here (sync thread pool or grpc.aio); prints a table.
-bench-model: $(INSTALLED)
-	$(BIN)/python bench/server_model.py $(BENCH_ARGS)
+# Which way from grpc.aio to PostgreSQL is fastest (thread pool, Peewee's asyncio, coalesced reads).
+bench-db-paths: $(INSTALLED) h2load
+	$(BIN)/python bench/db_paths.py $(BENCH_ARGS)
+
+# h2load (Debian's nghttp2-client) drives the GetUser figures. Installed when it can be (as root,
+# with apt-get); otherwise the benchmarks say so and leave those figures out.
+h2load:
+	@command -v h2load >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing h2load: apt-get install -y nghttp2-client"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -q nghttp2-client || { apt-get update -q && apt-get install -y -q nghttp2-client; } \
+				|| echo "could not install h2load: the h2load figures will be skipped"; \
+		else \
+			echo "h2load is not installed, and installing it needs root and apt-get:" \
+				"the h2load figures will be skipped (install nghttp2-client to get them)"; \
+		fi; }

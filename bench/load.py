@@ -1,31 +1,42 @@
-"""Load generators for the benchmark: closed-loop gRPC clients in processes of their own.
+"""The benchmark's load: closed-loop Python clients, h2load, and one Python stream reader.
 
-Each load process runs grpc.aio with a fixed number of calls in flight over one
+Python load processes run grpc.aio with a fixed number of calls in flight over one
 channel, sending pre-serialized requests through a raw (bytes in, bytes out)
 method, so the client spends as little CPU as it can on a machine it shares with
-the server and PostgreSQL. Results are requests/s and latency percentiles.
+the server and PostgreSQL; they can vary the request (random users). h2load, a
+load generator in C, costs the server's cores far less but sends one request body
+over and over. The stream reader is the client a ListUsersChunked figure is about:
+Python, reading and parsing every message. Results are requests/s and latency
+percentiles, or users/s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import random
-import statistics
+import re
+import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
+from pathlib import Path
 
 import grpc
 import grpc.aio
-from memstore_server import wire
+from framing import grpc_message, length_delimited
+from memstore.v1 import users_pb2, users_pb2_grpc
 
 RequestMaker = Callable[[random.Random, int], bytes]
 
 
 @dataclass(frozen=True)
 class LoadResult:
+    """What one load run measured; latencies in milliseconds."""
+
     requests_per_second: float
     p50_ms: float
     p99_ms: float
@@ -39,7 +50,7 @@ class GetUserRequests:
     user_count: int
 
     def __call__(self, rng: random.Random, sequence: int) -> bytes:
-        return wire.length_delimited(1, f"user-{rng.randint(1, self.user_count)}".encode())
+        return length_delimited(1, f"user-{rng.randint(1, self.user_count)}".encode())
 
 
 @dataclass(frozen=True)
@@ -51,10 +62,10 @@ class CreateUserRequests:
     def __call__(self, rng: random.Random, sequence: int) -> bytes:
         user_id = f"{self.prefix}-{rng.getrandbits(32):08x}-{sequence}"
         return (
-            wire.length_delimited(1, user_id.encode())
-            + wire.length_delimited(2, f"{user_id}@example.com".encode())
-            + wire.length_delimited(3, b"First")
-            + wire.length_delimited(4, b"Last")
+            length_delimited(1, user_id.encode())
+            + length_delimited(2, f"{user_id}@example.com".encode())
+            + length_delimited(3, b"First")
+            + length_delimited(4, b"Last")
         )
 
 
@@ -142,12 +153,122 @@ def run_load(
                 worker.terminate()
                 worker.join()
     completed = sum(count for count, _, _ in collected)
-    latencies = sorted(latency for _, _, batch in collected for latency in batch)
-    if not latencies:
-        return LoadResult(0.0, float("nan"), float("nan"), sum(e for _, e, _ in collected))
+    errors = sum(error_count for _, error_count, _ in collected)
+    latencies = [latency for _, _, batch in collected for latency in batch]
+    return _result(completed / seconds, latencies, errors)
+
+
+def _result(rate: float, latencies_seconds: Sequence[float], errors: int) -> LoadResult:
+    ordered = sorted(latencies_seconds)
     return LoadResult(
-        requests_per_second=completed / seconds,
-        p50_ms=statistics.median(latencies) * 1000,
-        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        errors=sum(e for _, e, _ in collected),
+        requests_per_second=rate if ordered else 0.0,
+        p50_ms=percentile(ordered, 0.50) * 1000,
+        p99_ms=percentile(ordered, 0.99) * 1000,
+        errors=errors,
     )
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of already sorted values; NaN when there are none."""
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+# --------------------------------------------------------------------------- h2load
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How h2load keeps its requests in flight: ``connections`` HTTP/2 connections x ``streams`` each."""
+
+    connections: int
+    streams: int
+
+    def __str__(self) -> str:
+        return f"{self.connections} connections x {self.streams} streams"
+
+
+def have_h2load() -> bool:
+    return shutil.which("h2load") is not None
+
+
+def run_h2load(
+    target: str,
+    method: str,
+    request: bytes,
+    *,
+    seconds: float,
+    shape: Shape,
+    folder: Path,
+    warmup: float = 1.0,
+) -> LoadResult:
+    """Requests/s and latency percentiles of ``method`` under h2load, one thread, sending ``request``.
+
+    h2load reads no gRPC status (a gRPC error is an HTTP 200), so check the server
+    answers ``request`` properly before trusting the rate. Its per-request log
+    covers the measured period only (not the warm-up), so the percentiles come from it.
+    """
+    body, log_file = folder / "h2load.body", folder / "h2load.log"
+    body.write_bytes(grpc_message(request))
+    result = subprocess.run(
+        [
+            "h2load",
+            f"--duration={seconds:g}",
+            f"--warm-up-time={warmup:g}",
+            f"--clients={shape.connections}",
+            f"--max-concurrent-streams={shape.streams}",
+            "--threads=1",
+            "--header=content-type: application/grpc",
+            "--header=te: trailers",
+            f"--data={body}",
+            f"--log-file={log_file}",
+            f"http://{target}{method}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=warmup + seconds + 60,
+        check=True,
+    )
+    rate, failed = _h2load_summary(result.stdout)
+    return _result(rate, _logged_latencies(log_file), failed)
+
+
+def _h2load_summary(output: str) -> tuple[float, int]:
+    """(requests/s, failed + errored requests) from h2load's report."""
+    rate = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", output)
+    counts = re.search(r"(\d+) failed, (\d+) errored", output)
+    if rate is None or counts is None:
+        raise RuntimeError(f"unexpected h2load output:\n{output}")
+    return float(rate.group(1)), int(counts.group(1)) + int(counts.group(2))
+
+
+def _logged_latencies(log_file: Path) -> list[float]:
+    """Seconds of every successful request in an h2load --log-file (start, status, microseconds)."""
+    latencies = []
+    for line in log_file.read_text().splitlines():
+        _start, status, micros = line.split("\t")[:3]
+        if status == "200":
+            latencies.append(int(micros) / 1_000_000)
+    return latencies
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def stream_users(target: str, chunk_size: int = 1000) -> tuple[float, int]:
+    """Users/s and users of one Python client reading the whole ListUsersChunked stream.
+
+    The client keeps every message (``list``) and touches each one's users, so the
+    figure includes what a real Python caller pays: receiving and parsing them all.
+    """
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    with grpc.insecure_channel(target, options=options) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        stub = users_pb2_grpc.UserServiceStub(channel)
+        request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size)
+        started = time.perf_counter()
+        chunks = list(stub.ListUsersChunked(request, timeout=3600))
+        count = sum(len(chunk.users) for chunk in chunks)
+        elapsed = time.perf_counter() - started
+    return count / elapsed, count

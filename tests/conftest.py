@@ -17,7 +17,6 @@ import peewee
 import psycopg2
 import pytest
 from memstore.v1 import sessions_pb2_grpc, users_pb2_grpc
-from memstore_server.app import ServerHandle, create_server
 from memstore_server.config import Settings
 from memstore_server.database import open_database
 from memstore_server.embedded import EmbeddedPostgres
@@ -25,7 +24,7 @@ from memstore_server.migrations import migrate
 from psycopg2 import sql
 
 from tests import reliability
-from tests.support import ServerAddress
+from tests.support import RunningServer, ServerAddress
 
 TEST_DATABASE_ENV = "MEMSTORE_TEST_DATABASE_URL"
 
@@ -86,28 +85,23 @@ def db(database_url: str) -> Iterator[peewee.Database]:
 @pytest.fixture(scope="session")
 def server(db: peewee.Database) -> Iterator[ServerAddress]:
     """One real memstore server for the whole run, on a free loopback port."""
-    settings = Settings(listen="127.0.0.1:0", max_workers=32, db_pool_size=32)
-    handle = create_server(settings, db)
-    handle.server.start()
-    yield ServerAddress(f"127.0.0.1:{handle.port}")
-    handle.server.stop(grace=None).wait()
+    running = RunningServer(Settings(listen="127.0.0.1:0", db_pool_size=32), db)
+    yield ServerAddress(running.target)
+    running.stop()
 
 
 @pytest.fixture
-def start_server(db: peewee.Database) -> Iterator[Callable[[Settings], ServerHandle]]:
+def start_server(db: peewee.Database) -> Iterator[Callable[[Settings], RunningServer]]:
     """Starts extra servers with settings of the test's choosing; all are stopped afterwards."""
-    handles: list[ServerHandle] = []
+    servers: list[RunningServer] = []
 
-    def start(settings: Settings) -> ServerHandle:
-        handle = create_server(settings, db)
-        handle.server.start()
-        handles.append(handle)
-        return handle
+    def start(settings: Settings) -> RunningServer:
+        servers.append(RunningServer(settings, db))
+        return servers[-1]
 
     yield start
-    for handle in handles:
-        handle.database_health.stop()
-        handle.server.stop(None).wait()
+    for running in servers:
+        running.stop()
 
 
 @pytest.fixture(scope="session")

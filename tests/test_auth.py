@@ -12,16 +12,15 @@ import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from memstore.v1 import users_pb2, users_pb2_grpc
-from memstore_server.app import ServerHandle
 from memstore_server.config import Settings
 
-from tests.support import TIMEOUT, details_of, run_grpcurl, unique
+from tests.support import TIMEOUT, RunningServer, details_of, run_grpcurl, unique
 
 SECRET = "a-jwt-secret-long-enough-for-hs256-and-for-the-hs512-token-of-a-negative-test"
 
 
 @pytest.fixture
-def guarded(start_server: Callable[[Settings], ServerHandle], tmp_path: Path) -> str:
+def guarded(start_server: Callable[[Settings], RunningServer], tmp_path: Path) -> str:
     keys_file = tmp_path / "keys"
     keys_file.write_text(
         "# memstore keys\n\nfile-key\nsha256:" + hashlib.sha256(b"hashed-key").hexdigest() + "\n",

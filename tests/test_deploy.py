@@ -51,15 +51,12 @@ def host_of(address: str) -> str:
 
 def default_grace_period() -> float:
     """The --grace-period default, as the command line declares it."""
-    (option,) = (option for option in config.OPTIONS if option.flag == "--grace-period")
-    assert option.default is not None
-    return float(option.default)
+    return config.Settings().grace_period
 
 
 def grace_period(environment: Mapping[str, str]) -> float:
     """The grace period a server with ``environment`` uses."""
-    (option,) = (option for option in config.OPTIONS if option.flag == "--grace-period")
-    value = environment.get(option.env)
+    value = environment.get(config.OPTIONS["grace_period"].env)
     return float(value) if value else default_grace_period()
 
 
@@ -435,6 +432,31 @@ def test_every_memstore_variable_is_a_server_setting(path: Path) -> None:
     named = set(re.findall(r"\bMEMSTORE_[A-Z0-9_]+\b", path.read_text()))
     unknown = sorted(named - config.ENVIRONMENT_VARIABLES)
     assert not unknown, f"{path.name} names variables the server does not read: {unknown}"
+
+
+# ---------------------------------------------------------------- the README's configuration table
+
+
+def readme_settings() -> dict[str, tuple[str, str]]:
+    """Flag -> (variable cell, default cell) of every row of the README's configuration table."""
+    rows: dict[str, tuple[str, str]] = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if not line.startswith("| `--"):
+            continue
+        flags, variables, default = (cell.strip() for cell in line.strip("|").split("|")[:3])
+        for flag in re.findall(r"`(--[a-z-]+)`", flags):
+            rows[flag] = (variables, default)
+    return rows
+
+
+def test_the_readme_lists_every_setting_with_its_variable_and_default() -> None:
+    rows = readme_settings()
+    assert sorted(rows) == sorted(option.flag for option in config.OPTIONS.values())
+    for name, option in config.OPTIONS.items():
+        variables, default = rows[option.flag]
+        assert f"`{option.env}`" in variables, option.flag
+        shown = config.default_text(name)
+        assert default == (f"`{shown}`" if shown else "unset"), option.flag
 
 
 # ---------------------------------------------------------------- linters

@@ -5,49 +5,67 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import peewee
 import pytest
 from memstore.v1 import users_pb2, users_pb2_grpc
-from memstore_server.app import create_server
+from memstore_server.app import USER_SERVICE
+from memstore_server.boundary import guard_errors
 from memstore_server.config import Settings
 from memstore_server.database import open_database
-from memstore_server.interceptors import WrappingInterceptor, guard_errors, observe
+from memstore_server.handlers import HandlerTable
+from memstore_server.observe import observe
 
-from tests.support import TIMEOUT, ServerAddress, details_of, expect_error, struct, unique
+from tests.support import (
+    TIMEOUT,
+    LoopThread,
+    RunningServer,
+    ServerAddress,
+    details_of,
+    expect_error,
+    struct,
+    unique,
+    wait_for,
+)
 
 
 class _BrokenUsers(users_pb2_grpc.UserServiceServicer):
     """A servicer whose every call hits a bug, to see what leaks to the caller."""
 
-    def GetUser(  # noqa: N802 - gRPC method name
-        self, request: users_pb2.GetUserRequest, context: grpc.ServicerContext
+    async def GetUser(  # noqa: N802 - gRPC method name
+        self, request: users_pb2.GetUserRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> users_pb2.GetUserResponse:
         raise RuntimeError('syntax error at or near "SELECT secret_column FROM users"')
 
-    def ListUsersChunked(  # noqa: N802
-        self, request: users_pb2.ListUsersChunkedRequest, context: grpc.ServicerContext
-    ) -> Iterator[users_pb2.ListUsersChunkedResponse]:
+    async def ListUsersChunked(  # noqa: N802
+        self, request: users_pb2.ListUsersChunkedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[users_pb2.ListUsersChunkedResponse]:
         yield users_pb2.ListUsersChunkedResponse(users=[users_pb2.User(user_id="first")], next_cursor=1)
         raise KeyError("internal detail")
 
 
+async def _start_broken(table: HandlerTable) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    table.register(server, [observe, guard_errors])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
 @pytest.fixture
 def broken_server() -> Iterator[users_pb2_grpc.UserServiceStub]:
-    from concurrent import futures
-
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        interceptors=[WrappingInterceptor([observe, guard_errors])],
-    )
-    users_pb2_grpc.add_UserServiceServicer_to_server(_BrokenUsers(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    """The real wrappers (observation, error boundary) around a servicer that fails."""
+    table = HandlerTable()
+    table.add_service(USER_SERVICE, _BrokenUsers())
+    loop = LoopThread()
+    server, port = loop.call(_start_broken(table))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield users_pb2_grpc.UserServiceStub(channel)
-    server.stop(None)
+    loop.call(server.stop(None))
+    loop.close()
 
 
 def test_an_unexpected_error_is_internal_with_nothing_internal_in_it(
@@ -87,11 +105,10 @@ def server_without_database() -> Iterator[grpc.Channel]:
     db: peewee.Database = open_database(
         f"postgresql://memstore@127.0.0.1:{_closed_port()}/memstore", pool_size=2, pool_timeout=1
     )
-    handle = create_server(Settings(listen="127.0.0.1:0"), db)
-    handle.server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+    running = RunningServer(Settings(listen="127.0.0.1:0"), db, database_health=False)
+    with grpc.insecure_channel(running.target) as channel:
         yield channel
-    handle.server.stop(None)
+    running.stop()
 
 
 def test_database_down_is_unavailable_fast(server_without_database: grpc.Channel) -> None:
@@ -127,9 +144,14 @@ def test_every_reply_carries_a_request_id_that_the_log_knows(
     assert failed_id is not None
     assert failed_id != ok_id
     assert details_of(raised.value).reason == "USER_NOT_FOUND"  # the rich status survives beside the id
-    lines = [r.getMessage() for r in caplog.records]
-    assert any("ListUsers OK" in line and f"request_id={ok_id}" in line for line in lines)
-    assert any("GetUser NOT_FOUND" in line and f"request_id={failed_id}" in line for line in lines)
+
+    def logged(text: str, request_id: str) -> bool:
+        lines = [record.getMessage() for record in list(caplog.records)]
+        return any(text in line and f"request_id={request_id}" in line for line in lines)
+
+    # A failed call's status reaches the caller before its log line is written: wait for it.
+    assert wait_for(lambda: logged("ListUsers OK", ok_id))
+    assert wait_for(lambda: logged("GetUser NOT_FOUND", failed_id))
 
 
 def test_a_callers_request_id_is_kept(users: users_pb2_grpc.UserServiceStub) -> None:

@@ -11,14 +11,13 @@ import peewee
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from memstore.v1 import users_pb2, users_pb2_grpc
-from memstore_server.app import create_server
 from memstore_server.config import Settings
 from memstore_server.database import open_database
 from memstore_server.embedded import EmbeddedPostgres
 from memstore_server.migrations import migrate
 
 from tests.reliability import record
-from tests.support import TIMEOUT, details_of, unique
+from tests.support import TIMEOUT, RunningServer, details_of, unique
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -53,9 +52,7 @@ def test_database_outage_is_unavailable_not_serving_then_recovers_without_restar
 ) -> None:
     db = open_database(own_postgres.start(), pool_size=4, pool_timeout=2)
     migrate(db)
-    ours = create_server(Settings(listen="127.0.0.1:0", health_interval=0.2), db)
-    ours.server.start()
-    ours.database_health.start()
+    ours = RunningServer(Settings(listen="127.0.0.1:0", health_interval=0.2), db)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{ours.port}") as channel:
             users = users_pb2_grpc.UserServiceStub(channel)
@@ -94,8 +91,7 @@ def test_database_outage_is_unavailable_not_serving_then_recovers_without_restar
                 )
                 assert response.user.user_id == user_id
     finally:
-        ours.database_health.stop()
-        ours.server.stop(None).wait()
+        ours.stop()
         db.close_all()
     record(
         "database outage",
@@ -115,8 +111,7 @@ def test_cancelled_and_expired_streams_do_not_exhaust_the_pool(
             "jsonb_build_object('pad', repeat('x', 4000)) FROM generate_series(1, 300) AS g"
         )
     small = open_database(database_url, pool_size=2, pool_timeout=1)
-    handle = create_server(Settings(listen="127.0.0.1:0", db_pool_size=2, db_pool_timeout=1), small)
-    handle.server.start()
+    handle = RunningServer(Settings(listen="127.0.0.1:0", db_pool_size=2, db_pool_timeout=1), small)
     rounds = 60
     try:
         with grpc.insecure_channel(
@@ -142,7 +137,7 @@ def test_cancelled_and_expired_streams_do_not_exhaust_the_pool(
                 )
                 assert len(page.users) == 5
     finally:
-        handle.server.stop(None).wait()
+        handle.stop()
         in_use = len(small._in_use)
         small.close_all()
     assert in_use == 0, f"{in_use} pooled connections still checked out after the streams ended"

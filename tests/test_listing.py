@@ -11,30 +11,20 @@ import grpc
 import peewee
 import pytest
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
-from memstore_server.app import ServerHandle
 from memstore_server.config import Settings
 
-from tests.support import TIMEOUT, ServerAddress, expect_error, unique
+from tests.support import (
+    TIMEOUT,
+    RunningServer,
+    ServerAddress,
+    bulk_users,
+    delete_ids,
+    expect_error,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.usefixtures("empty_store")
-
-
-def bulk_users(db: peewee.Database, count: int, *, pad: int = 0) -> list[int]:
-    """Insert ``count`` users in one statement (fast set-up); return their ids in order."""
-    with db.connection_context():
-        cursor = db.execute_sql(
-            "INSERT INTO users (user_id, metadata) "
-            "SELECT 'bulk-' || g || '-' || md5(random()::text), "
-            "jsonb_build_object('n', g, 'pad', repeat('x', %s)) "
-            "FROM generate_series(1, %s) AS g RETURNING id",
-            (pad, count),
-        )
-        return sorted(row[0] for row in cursor.fetchall())
-
-
-def delete_ids(db: peewee.Database, ids: list[int]) -> None:
-    with db.connection_context():
-        db.execute_sql("DELETE FROM users WHERE id = ANY(%s)", (ids,))
 
 
 def all_pages(users: users_pb2_grpc.UserServiceStub, limit: int, cursor: int = 0) -> list[list[int]]:
@@ -299,15 +289,6 @@ class _PageCounter:
         return self._execute_sql(sql, params)
 
 
-def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.fixture
 def slow_reader(server: ServerAddress) -> Iterator[users_pb2_grpc.UserServiceStub]:
     """A client whose receive window stays at 64 KiB (no BDP growth), like a consumer that lags behind."""
@@ -341,7 +322,7 @@ def test_cancelled_stream_stops_querying(
     def ended() -> bool:
         return any("ListUsersChunked CANCELLED" in r.getMessage() for r in caplog.records)
 
-    assert _wait_for(ended), "the server never saw the stream end"
+    assert wait_for(ended), "the server never saw the stream end"
     after_cancel = page_counter.count
     time.sleep(0.3)
     assert page_counter.count == after_cancel, "the server went on querying after the cancel"
@@ -367,7 +348,7 @@ def test_stream_past_its_deadline_stops(
 
 
 def test_chunks_of_large_users_are_split_to_fit_the_message_limit(
-    db: peewee.Database, start_server: Callable[[Settings], ServerHandle]
+    db: peewee.Database, start_server: Callable[[Settings], RunningServer]
 ) -> None:
     limit = 1024 * 1024  # the smallest limit the server accepts
     # Users carrying nearly the largest metadata allowed: eighteen of them already pass the limit.

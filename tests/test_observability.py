@@ -5,16 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 import urllib.request
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import peewee
 import pytest
 from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server import logs, metrics, tracing
-from memstore_server.app import ServerHandle, create_server
 from memstore_server.config import Settings
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -22,21 +21,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import TIMEOUT, unique
+from tests.support import TIMEOUT, RunningServer, eventually, free_port, unique, wait_for
 
 USER_SERVICE = "memstore.v1.UserService"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @pytest.fixture
 def metrics_url(db: peewee.Database) -> Iterator[str]:
-    listen = f"127.0.0.1:{_free_port()}"
+    listen = f"127.0.0.1:{free_port()}"
     http = metrics.serve_metrics(listen)
     yield f"http://{listen}/metrics"
     http.shutdown()
@@ -103,11 +95,12 @@ def traced(db: peewee.Database) -> Iterator[tuple[users_pb2_grpc.UserServiceStub
 
     # A pool of its own: only connections opened after instrumenting are traced.
     pool = open_database(db.connect_params.get("dsn", "") or _dsn_of(db), pool_size=2, pool_timeout=5)
-    handle = create_server(Settings(listen="127.0.0.1:0"), pool, tracer_provider=provider)
-    handle.server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{handle.port}") as channel:
+    running = RunningServer(
+        Settings(listen="127.0.0.1:0"), pool, tracer_provider=provider, database_health=False
+    )
+    with grpc.insecure_channel(running.target) as channel:
         yield users_pb2_grpc.UserServiceStub(channel), exporter
-    handle.server.stop(None).wait()
+    running.stop()
     pool.close_all()
     tracing.uninstrument()
 
@@ -155,10 +148,28 @@ def test_a_failed_call_marks_its_span_as_an_error(
     users, exporter = traced
     with pytest.raises(grpc.RpcError):
         users.GetUser(users_pb2.GetUserRequest(user_id=unique("ghost")), timeout=TIMEOUT)
-    (span,) = [s for s in exporter.get_finished_spans() if s.name.endswith("/GetUser")]
+    # The status reaches the caller before the server's span ends, so wait for the span.
+    (span,) = eventually(lambda: [s for s in exporter.get_finished_spans() if s.name.endswith("/GetUser")])
     assert span.attributes is not None
     assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     assert span.status.status_code == trace.StatusCode.ERROR
+
+
+def test_a_traced_stream_is_answered_in_full_under_one_span(
+    traced: tuple[users_pb2_grpc.UserServiceStub, InMemorySpanExporter],
+) -> None:
+    users, exporter = traced
+    user_id = unique("streamed")
+    users.CreateUser(users_pb2.CreateUserRequest(user_id=user_id), timeout=TIMEOUT)
+    chunks = list(users.ListUsersChunked(users_pb2.ListUsersChunkedRequest(chunk_size=5), timeout=TIMEOUT))
+    assert user_id in {user.user_id for chunk in chunks for user in chunk.users}
+    assert chunks[-1].next_cursor == 0
+    (span,) = eventually(
+        lambda: [s for s in exporter.get_finished_spans() if s.name.endswith("/ListUsersChunked")]
+    )
+    assert span.kind == trace.SpanKind.SERVER
+    assert span.attributes is not None
+    assert span.attributes["rpc.grpc.status_code"] == 0
 
 
 def test_tracing_is_off_without_an_endpoint() -> None:
@@ -171,16 +182,16 @@ def test_tracing_is_off_without_an_endpoint() -> None:
 def json_log() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
-    logs.configure("INFO", "json")
     stream = io.StringIO()
-    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    logs.configure("INFO", "json", stream)
     yield stream
+    logs.shutdown()
     root.handlers[:] = saved_handlers
     root.setLevel(saved_level)
 
 
 def test_json_logs_carry_the_call_fields_and_never_the_token(
-    json_log: io.StringIO, start_server: Callable[[Settings], ServerHandle]
+    json_log: io.StringIO, start_server: Callable[[Settings], RunningServer]
 ) -> None:
     secret_key = "key-" + unique("s")
     handle = start_server(Settings(listen="127.0.0.1:0", api_keys=(secret_key,)))
@@ -197,8 +208,14 @@ def test_json_logs_carry_the_call_fields_and_never_the_token(
                 timeout=TIMEOUT,
                 metadata=(("authorization", "Bearer wrong-" + secret_key),),
             )
-    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
-    access = [line for line in lines if line["logger"] == "memstore_server.access"]
+
+    # Lines are written by the log's own thread, the failed call's after its status was sent.
+    def access_lines() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+        return [line for line in lines if line["logger"] == "memstore_server.access"]
+
+    assert wait_for(lambda: len(access_lines()) >= 2)
+    access = access_lines()
     created = next(line for line in access if line["method"].endswith("/CreateUser"))
     assert created["code"] == "OK"
     assert created["level"] == "INFO"

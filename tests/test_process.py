@@ -8,171 +8,36 @@ is stopped through the pid in its own ``postmaster.pid``.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
 import grpc
-import psycopg2.extensions
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from memstore.v1 import users_pb2, users_pb2_grpc
 
-from tests.support import TIMEOUT, struct, unique
+from tests.support import (
+    EMBEDDED_START_TIMEOUT,
+    EXIT_MARGIN,
+    GRACE_PERIOD,
+    START_TIMEOUT,
+    TIMEOUT,
+    TIMESTAMPED_LOG_LINE,
+    USAGE_ERROR,
+    as_url,
+    free_port,
+    run_command,
+    running,
+    server_environment,
+    struct,
+    unique,
+    wait_for_path_to_vanish,
+    wait_until_serving,
+)
 
 pytestmark = pytest.mark.process
-
-SERVER_COMMAND = Path(sys.executable).parent / "memstore-server"
-# Seconds to wait for SERVING: a fresh embedded PostgreSQL runs initdb first.
-START_TIMEOUT = 20.0
-EMBEDDED_START_TIMEOUT = 60.0
-GRACE_PERIOD = 8.0
-# Time allowed beyond the grace period for the pool, the embedded PostgreSQL and the interpreter.
-EXIT_MARGIN = 10.0
-# Exit code of argparse's usage errors.
-USAGE_ERROR = 2
-TIMESTAMPED_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ \S+: ")
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the kernel picks it; we release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def as_url(dsn: str, **changes: str) -> str:
-    """``dsn`` (URL or key=value) as a postgresql:// URL, which is the form --database-url accepts."""
-    params = psycopg2.extensions.parse_dsn(dsn)
-    params.update(changes)
-    dbname = params.pop("dbname", "")
-    query = f"?{urlencode(params)}" if params else ""
-    return f"postgresql:///{quote(dbname, safe='')}{query}"
-
-
-def server_environment() -> dict[str, str]:
-    """The test's environment without any MEMSTORE_* setting, so only the flags configure the server."""
-    return {name: value for name, value in os.environ.items() if not name.startswith("MEMSTORE_")}
-
-
-@dataclass
-class Process:
-    popen: subprocess.Popen[bytes]
-    stdout: Path
-    stderr: Path
-
-    def log(self) -> str:
-        return self.stderr.read_text(errors="replace")
-
-    def wait_for_exit(self, timeout: float) -> int:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"memstore-server still running after {timeout:.0f}s; log:\n{self.log()}")
-
-    def terminate(self) -> None:
-        self.popen.send_signal(signal.SIGTERM)
-
-
-def stop_embedded_postgres(data_dir: Path) -> None:
-    """Fast-shutdown a PostgreSQL left running under ``data_dir`` (its pid is its postmaster.pid)."""
-    pid_file = data_dir / "postgres" / "postmaster.pid"
-    try:
-        pid = int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGINT)
-    deadline = time.monotonic() + 15
-    while pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-@contextlib.contextmanager
-def running(
-    args: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None, data_dir: Path | None = None
-) -> Iterator[Process]:
-    """``memstore-server ARGS`` as a child process, always stopped (and reaped) on the way out."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    name = f"server-{uuid.uuid4().hex[:8]}"
-    stdout, stderr = log_dir / f"{name}.out", log_dir / f"{name}.err"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        popen = subprocess.Popen(
-            [str(SERVER_COMMAND), *args],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            env=dict(server_environment() if env is None else env),
-        )
-    try:
-        yield Process(popen, stdout, stderr)
-    finally:
-        if popen.poll() is None:
-            popen.terminate()
-            try:
-                popen.wait(timeout=GRACE_PERIOD + EXIT_MARGIN)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait(timeout=10)
-        if data_dir is not None:
-            stop_embedded_postgres(data_dir)
-
-
-def run_command(
-    args: Sequence[str], env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``memstore-server ARGS`` for a command that exits on its own (killed if it does not)."""
-    return subprocess.run(
-        [str(SERVER_COMMAND), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-        env=dict(server_environment() if env is None else env),
-    )
-
-
-def wait_until_serving(process: Process, target: str, timeout: float = START_TIMEOUT) -> None:
-    """Poll the gRPC health check until SERVING; fail early, with the log, if the process dies."""
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.popen.poll() is not None:
-                pytest.fail(f"memstore-server exited with {process.popen.returncode}; log:\n{process.log()}")
-            try:
-                response: health_pb2.HealthCheckResponse = health.Check(
-                    health_pb2.HealthCheckRequest(), timeout=1
-                )
-            except grpc.RpcError as error:
-                last = f"{error.code()}"
-            else:
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-            time.sleep(0.2)
-    pytest.fail(f"not SERVING after {timeout:.0f}s ({last}); log:\n{process.log()}")
-
-
-def wait_for_path_to_vanish(path: Path, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while path.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not path.exists()
 
 
 def create_user(target: str, user_id: str, **fields: object) -> users_pb2.User:

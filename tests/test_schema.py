@@ -103,7 +103,7 @@ def _plan(db: peewee.Database, query: str, params: tuple[object, ...]) -> str:
 @pytest.mark.parametrize(
     ("query", "params", "index"),
     [
-        (user_queries._GET_MESSAGE.text, ("u",), "users_user_id_key"),
+        (user_queries._GET_MESSAGES.text, (["u", "v"],), "users_user_id_key"),
         (user_queries._LIST_MESSAGES.text, (0, 10), "users_pkey"),
         (user_queries._USER_SESSIONS, (0, 10, "u"), "sessions_user_id_id_idx"),
         (session_queries._GET_SESSION, ("s",), "sessions_session_id_key"),

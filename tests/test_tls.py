@@ -10,11 +10,10 @@ import grpc
 import pytest
 from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_client import CreateUserRequest, MemstoreClient, UnavailableError
-from memstore_server.app import ServerHandle
 from memstore_server.config import Settings
 
 from tests.certificates import Certificates, make_certificates
-from tests.support import TIMEOUT, run_grpcurl, unique
+from tests.support import TIMEOUT, RunningServer, run_grpcurl, unique
 
 
 @pytest.fixture
@@ -41,7 +40,7 @@ def _create(channel: grpc.Channel) -> str:
 
 
 def test_tls_server_answers_a_client_that_trusts_its_ca(
-    start_server: Callable[[Settings], ServerHandle], certificates: Certificates
+    start_server: Callable[[Settings], RunningServer], certificates: Certificates
 ) -> None:
     port = start_server(_tls_settings(certificates, mutual=False)).port
     credentials = grpc.ssl_channel_credentials(root_certificates=certificates.ca.read_bytes())
@@ -52,7 +51,7 @@ def test_tls_server_answers_a_client_that_trusts_its_ca(
 
 
 def test_tls_server_refuses_plaintext_and_untrusting_clients(
-    start_server: Callable[[Settings], ServerHandle], certificates: Certificates
+    start_server: Callable[[Settings], RunningServer], certificates: Certificates
 ) -> None:
     port = start_server(_tls_settings(certificates, mutual=False)).port
     with MemstoreClient(f"127.0.0.1:{port}", timeout=3) as plaintext, pytest.raises(UnavailableError):
@@ -65,7 +64,7 @@ def test_tls_server_refuses_plaintext_and_untrusting_clients(
 
 
 def test_mutual_tls_needs_a_client_certificate(
-    start_server: Callable[[Settings], ServerHandle], certificates: Certificates
+    start_server: Callable[[Settings], RunningServer], certificates: Certificates
 ) -> None:
     port = start_server(_tls_settings(certificates, mutual=True)).port
     anonymous = grpc.ssl_channel_credentials(root_certificates=certificates.ca.read_bytes())
@@ -84,7 +83,7 @@ def test_mutual_tls_needs_a_client_certificate(
 
 
 def test_grpcurl_over_tls_and_mutual_tls(
-    start_server: Callable[[Settings], ServerHandle], certificates: Certificates
+    start_server: Callable[[Settings], RunningServer], certificates: Certificates
 ) -> None:
     tls_port = start_server(_tls_settings(certificates, mutual=False)).port
     mtls_port = start_server(_tls_settings(certificates, mutual=True)).port

@@ -12,8 +12,7 @@ import pytest
 from memstore.v1 import users_pb2, users_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import TIMEOUT, unique
-from tests.test_process import as_url, free_port, run_command, running, wait_until_serving
+from tests.support import TIMEOUT, as_url, free_port, run_command, running, unique, wait_until_serving
 
 pytestmark = pytest.mark.process
 

@@ -1,37 +1,39 @@
-"""Assembles one gRPC server: servicers, health checking, reflection, interceptors, TLS.
+"""Assembles one grpc.aio server: servicers, health checking, reflection, wrappers, TLS.
 
 ``create_server`` binds but does not start, so tests can bind port 0, read the
-real port, and start it; signals and the process lifecycle live in ``cli``.
+real port, and start it; it must run on the event loop that will serve. Signals
+and the process lifecycle live in lifecycle.py.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from concurrent import futures
 from typing import NamedTuple
 
 import grpc
-from google.protobuf import message_factory
-from google.protobuf.descriptor import ServiceDescriptor
-from google.protobuf.message import Message
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 from memstore.v1 import sessions_pb2, users_pb2
 from opentelemetry import trace
 from playhouse.pool import PooledDatabase
 
 from memstore_server import tracing
 from memstore_server.auth import Authenticator, authentication, digest, read_keys_file
+from memstore_server.blocking import Blocking
+from memstore_server.boundary import guard_errors
 from memstore_server.config import Settings
 from memstore_server.decoding import reject_undecodable, tolerant
+from memstore_server.handlers import HandlerTable, Wrapper
 from memstore_server.health import DatabaseHealth
-from memstore_server.interceptors import Wrapper, WrappingInterceptor, guard_errors, observe
 from memstore_server.models import database_proxy
+from memstore_server.observe import observe
 from memstore_server.servicers.sessions import SessionServicer
 from memstore_server.servicers.users import UserServicer
 from memstore_server.store.sessions import SessionStore
 from memstore_server.store.users import UserStore
+from memstore_server.streams import StreamLimits
 
 logger = logging.getLogger(__name__)
 
@@ -40,46 +42,19 @@ SESSION_SERVICE = sessions_pb2.DESCRIPTOR.services_by_name["SessionService"]
 SERVICE_NAMES = (USER_SERVICE.full_name, SESSION_SERVICE.full_name)
 
 
-def _serializer(message_class: type[Message]) -> Callable[[Message | bytes], bytes]:
-    """Serializes a response message, or passes through one that a servicer already serialized."""
-    serialize = message_class.SerializeToString
-
-    def to_bytes(response: Message | bytes) -> bytes:
-        return response if isinstance(response, bytes) else serialize(response)
-
-    return to_bytes
-
-
-def add_service(server: grpc.Server, service: ServiceDescriptor, servicer: object) -> None:
-    """Register ``servicer``'s methods for ``service``, as the generated add_*_to_server does,
-    except that a handler may return its response already serialized (bytes)."""
-    handlers = {}
-    for method in service.methods:
-        request_class = message_factory.GetMessageClass(method.input_type)
-        response_class = message_factory.GetMessageClass(method.output_type)
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if method.server_streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
-        handlers[method.name] = factory(
-            getattr(servicer, method.name),
-            request_deserializer=request_class.FromString,
-            response_serializer=_serializer(response_class),
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-
-
 class ListenError(RuntimeError):
     """The listen address could not be bound."""
 
 
 class ServerHandle(NamedTuple):
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: HealthServicer
     # Not started by create_server: the process starts it beside the server.
     database_health: DatabaseHealth
+    # The threads that run database calls; shut down after the server stops.
+    blocking: Blocking
+    streams: StreamLimits
 
 
 def authenticator_for(settings: Settings) -> Authenticator:
@@ -100,15 +75,8 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def new_grpc_server(
-    settings: Settings, *, tracer_provider: trace.TracerProvider | None = None
-) -> grpc.Server:
-    """The gRPC server every memstore runs on: options, thread pool and interceptors, no services.
-
-    Apart from create_server, the benchmark uses it to measure this same stack with
-    a servicer that needs no database.
-    """
-    options: list[tuple[str, int | str]] = [
+def grpc_options(settings: Settings) -> list[tuple[str, int | str]]:
+    return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # One process per port unless several are asked for: a second server on a
@@ -118,20 +86,6 @@ def new_grpc_server(
         ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
         *settings.extra_grpc_options,
     ]
-    authenticator = authenticator_for(settings)
-    wrappers: list[Wrapper] = [observe, guard_errors]
-    if authenticator.enabled:
-        wrappers.append(authentication(authenticator))
-    wrappers.append(reject_undecodable)  # innermost: see decoding.py
-    interceptors: list[grpc.ServerInterceptor] = []  # type: ignore[type-arg]
-    if tracer_provider is not None:  # outermost, so its span covers everything below
-        interceptors.append(tracing.instrument(tracer_provider))
-    interceptors.append(WrappingInterceptor(wrappers, deserializer=tolerant))
-    return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="rpc"),
-        interceptors=interceptors,
-        options=options,
-    )
 
 
 def create_server(
@@ -142,21 +96,36 @@ def create_server(
     With a ``tracer_provider``, every RPC and the database calls beneath it are traced.
     """
     database_proxy.initialize(db)
-    server = new_grpc_server(settings, tracer_provider=tracer_provider)
-    add_service(
-        server, USER_SERVICE, UserServicer(UserStore(db, max_message_bytes=settings.max_message_bytes))
+    blocking = Blocking(threads=settings.db_pool_size, queue_timeout=settings.db_pool_timeout)
+    table = HandlerTable()
+    table.add_service(
+        USER_SERVICE,
+        UserServicer(UserStore(db), blocking, max_message_bytes=settings.max_message_bytes),
     )
-    add_service(server, SESSION_SERVICE, SessionServicer(SessionStore(db)))
+    table.add_service(SESSION_SERVICE, SessionServicer(SessionStore(db), blocking))
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, table)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        ReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+        table,
+    )
 
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", *SERVICE_NAMES):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    streams = StreamLimits(
+        getattr(settings, "max_concurrent_streams", 1000), getattr(settings, "stream_stall_timeout", 30.0)
+    )  # TEMP
+    authenticator = authenticator_for(settings)
+    # A span, when traced, encloses everything else, so the access log and errors happen inside it.
+    wrappers: list[Wrapper] = [] if tracer_provider is None else [tracing.instrument(tracer_provider)]
+    wrappers += [observe, guard_errors]
+    if authenticator.enabled:
+        wrappers.append(authentication(authenticator))
+    wrappers += [reject_undecodable, streams.wrapper()]
+    server = grpc.aio.server(options=grpc_options(settings))
+    table.register(server, wrappers, deserializer=tolerant)
+
+    # Publishes every service's status once started: SERVING while the database answers.
     database_health = DatabaseHealth(db, health_servicer, SERVICE_NAMES, settings.health_interval)
 
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
     credentials = server_credentials(settings)
     try:
         if credentials is None:
@@ -172,6 +141,6 @@ def create_server(
         settings.listen,
         port,
         "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
-        "on" if settings.api_keys or settings.api_keys_file or settings.jwt_secret else "off",
+        "on" if authenticator.enabled else "off",
     )
-    return ServerHandle(server, port, health_servicer, database_health)
+    return ServerHandle(server, port, health_servicer, database_health, blocking, streams)

@@ -13,11 +13,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import jwt
 
 from memstore_server.errors import Unauthenticated
-from memstore_server.interceptors import Behaviour, MethodInfo
+from memstore_server.handlers import Behaviour, MethodInfo
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +98,8 @@ def authentication(authenticator: Authenticator) -> Callable[[Behaviour, MethodI
         if info.full_method.startswith(_OPEN_PREFIXES):
             return behaviour
 
-        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
-            token = bearer_token(context.invocation_metadata())
+        async def authenticated(request: Any, context: Any) -> Any:
+            token = bearer_token(context.invocation_metadata() or ())
             if token is None or not authenticator.is_valid(token):
                 logger.info(
                     "refused %s: %s credentials", info.full_method, "no" if token is None else "invalid"
@@ -109,7 +108,7 @@ def authentication(authenticator: Authenticator) -> Callable[[Behaviour, MethodI
                     "missing or invalid credentials: send 'authorization: Bearer <token>'",
                     reason="UNAUTHENTICATED",
                 )
-            return behaviour(request, context)
+            return await behaviour(request, context)
 
         return authenticated
 

@@ -1,23 +1,25 @@
 """Settings of one server process, built once at start-up from flags and environment.
 
-Everything below the entry point receives a :class:`Settings` and never reads the
-environment itself, so a test can build any configuration in one line.
+Each setting is declared once, as a field of :class:`Settings` carrying its flag,
+variable, help and parser; argparse, the README's table and the deployment checks
+are all derived from those declarations. Everything below the entry point
+receives a :class:`Settings` and never reads the environment itself, so a test can
+build any configuration in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg2.extensions
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_DATA_DIR = Path(".memstore")
 # gRPC's own default limit, which clients also apply to what they receive.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # A single user at its largest must fit in one message: 64 KiB of metadata as JSON can take
@@ -30,68 +32,144 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Option:
+    """How the command line and the environment spell one setting."""
+
+    flag: str
+    env: str
+    help: str
+    # Turns the flag's or variable's text into the field's value; argparse reports its errors.
+    parse: Callable[[str], Any] = str
+
+    @property
+    def names(self) -> str:
+        return f"{self.flag} / {self.env}"
+
+
+def _setting(default: Any, flag: str, help: str, parse: Callable[[str], Any] = str, **kwargs: Any) -> Any:
+    """A Settings field exposed as ``flag`` and as MEMSTORE_<FLAG>."""
+    env = "MEMSTORE_" + flag.removeprefix("--").replace("-", "_").upper()
+    return dataclasses.field(default=default, metadata={"option": Option(flag, env, help, parse)}, **kwargs)
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
+def _key_list(text: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in text.split(",") if key.strip())
+
+
+@dataclass(frozen=True)
 class Settings:
     """One process's configuration, validated when built."""
 
-    listen: str = DEFAULT_LISTEN
-    # None means: run an embedded PostgreSQL under data_dir.
-    database_url: str | None = None
-    data_dir: Path = DEFAULT_DATA_DIR
-    log_level: str = "INFO"
-    log_format: str = "text"
-    # HOST:PORT of the Prometheus endpoint; None: none.
-    metrics_listen: str | None = None
-    # Server processes sharing the port (SO_REUSEPORT); each has max_workers threads and a pool.
-    workers: int = 1
-    # Threads answering RPCs; each RPC in flight holds one (a stream for its whole life).
-    max_workers: int = 16
-    # Pooled database connections; more than max_workers is never used.
-    db_pool_size: int = 16
-    # Seconds an RPC waits for a free pooled connection before UNAVAILABLE.
-    db_pool_timeout: float = 5.0
-    # Seconds in-flight RPCs get to finish after SIGTERM / Ctrl-C.
-    grace_period: float = 10.0
-    # Largest gRPC message received or sent, in bytes; streamed chunks are split to fit.
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    # Seconds between database probes behind the health service.
-    health_interval: float = 2.0
-    # Authentication: on when any key or a JWT secret is given. Kept out of repr.
-    api_keys: tuple[str, ...] = field(default=(), repr=False)
-    api_keys_file: Path | None = None
-    jwt_secret: str | None = field(default=None, repr=False)
-    # TLS: a certificate chain and its key; a client CA turns on mutual TLS.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    extra_grpc_options: tuple[tuple[str, int | str], ...] = field(default=())
+    listen: str = _setting(DEFAULT_LISTEN, "--listen", "address to serve gRPC on, HOST:PORT")
+    database_url: str | None = _setting(
+        None,
+        "--database-url",
+        "PostgreSQL URL or key=value string; unset: an embedded PostgreSQL under --data-dir",
+        _optional_text,
+    )
+    data_dir: Path = _setting(
+        Path(".memstore"), "--data-dir", "where the embedded PostgreSQL keeps its data", Path
+    )
+    log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", str.upper)
+    log_format: str = _setting(
+        "text", "--log-format", "text (for people) or json (one object per line)", str.lower
+    )
+    metrics_listen: str | None = _setting(
+        None,
+        "--metrics-listen",
+        "HOST:PORT to serve Prometheus metrics on (/metrics); unset: no metrics endpoint",
+        _optional_text,
+    )
+    workers: int = _setting(1, "--workers", "server processes sharing the port, one core each", int)
+    db_pool_size: int = _setting(
+        16, "--db-pool-size", "pooled database connections, each used by one query at a time", int
+    )
+    db_pool_timeout: float = _setting(
+        5.0, "--db-pool-timeout", "seconds a call waits for a free connection before UNAVAILABLE", float
+    )
+    max_concurrent_streams: int = _setting(
+        1000,
+        "--max-concurrent-streams",
+        "server streams open at once, per process; beyond it RESOURCE_EXHAUSTED (TOO_MANY_STREAMS)",
+        int,
+    )
+    stream_stall_timeout: float = _setting(
+        30.0,
+        "--stream-stall-timeout",
+        "seconds a stream may wait on a client that reads nothing before it is cancelled",
+        float,
+    )
+    grace_period: float = _setting(10.0, "--grace-period", "seconds in-flight RPCs get on shutdown", float)
+    max_message_bytes: int = _setting(
+        DEFAULT_MAX_MESSAGE_BYTES,
+        "--max-message-bytes",
+        "largest gRPC message received or sent; streamed chunks are split to fit",
+        int,
+    )
+    health_interval: float = _setting(
+        2.0, "--health-interval", "seconds between the database probes behind the health service", float
+    )
+    api_keys: tuple[str, ...] = _setting(
+        (),
+        "--api-keys",
+        "comma-separated API keys; any key or --jwt-secret turns auth on",
+        _key_list,
+        repr=False,
+    )
+    api_keys_file: Path | None = _setting(
+        None,
+        "--api-keys-file",
+        "file of API keys, one per line, each a key or sha256:<hex digest>",
+        _optional_path,
+    )
+    jwt_secret: str | None = _setting(
+        None, "--jwt-secret", "secret that HS256 bearer JWTs must be signed with", _optional_text, repr=False
+    )
+    tls_cert: Path | None = _setting(None, "--tls-cert", "PEM certificate chain: serve TLS", _optional_path)
+    tls_key: Path | None = _setting(None, "--tls-key", "PEM private key of --tls-cert", _optional_path)
+    tls_client_ca: Path | None = _setting(
+        None, "--tls-client-ca", "PEM CA that client certificates must chain to (mTLS)", _optional_path
+    )
+    # Raw channel arguments for tests and embedders; no flag.
+    extra_grpc_options: tuple[tuple[str, int | str], ...] = ()
 
     def __post_init__(self) -> None:
-        _check_address("--listen / MEMSTORE_LISTEN", self.listen)
+        _check_address(OPTIONS["listen"].names, self.listen)
         if self.metrics_listen is not None:
-            _check_address("--metrics-listen / MEMSTORE_METRICS_LISTEN", self.metrics_listen)
+            _check_address(OPTIONS["metrics_listen"].names, self.metrics_listen)
         if self.database_url is not None:
             _check_database_url(self.database_url)
         if self.log_format not in ("text", "json"):
-            raise ConfigError(
-                f"--log-format / MEMSTORE_LOG_FORMAT must be text or json, got {self.log_format!r}"
-            )
+            raise ConfigError(f"{OPTIONS['log_format'].names} must be text or json, got {self.log_format!r}")
         if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":
-            raise ConfigError(f"--log-level / MEMSTORE_LOG_LEVEL: unknown level {self.log_level!r}")
+            raise ConfigError(f"{OPTIONS['log_level'].names}: unknown level {self.log_level!r}")
         self._check_limits()
         self._check_tls()
 
     def _check_limits(self) -> None:
-        for name in ("workers", "max_workers", "db_pool_size"):
+        for name in ("workers", "db_pool_size", "max_concurrent_streams"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+                raise ConfigError(f"{OPTIONS[name].names} must be at least 1")
+        for name in ("db_pool_timeout", "stream_stall_timeout", "health_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{OPTIONS[name].names} must be above 0 seconds")
+        if not self.grace_period >= 0:
+            raise ConfigError(f"{OPTIONS['grace_period'].names} must be 0 seconds or more")
         if self.workers > 1 and self.listen.endswith(":0"):
             raise ConfigError("--workers above 1 needs a fixed port: every worker binds the same one")
         if self.max_message_bytes < MIN_MAX_MESSAGE_BYTES:
             raise ConfigError(
-                f"--max-message-bytes must be at least {MIN_MAX_MESSAGE_BYTES} (one largest user)"
+                f"{OPTIONS['max_message_bytes'].names} must be at least {MIN_MAX_MESSAGE_BYTES}"
+                " (one largest user)"
             )
-        if self.grace_period < 0 or self.db_pool_timeout <= 0 or self.health_interval <= 0:
-            raise ConfigError("grace period must be >= 0; pool timeout and health interval > 0")
 
     def _check_tls(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -101,110 +179,27 @@ class Settings:
         for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
             path = getattr(self, name)
             if path is not None and not path.is_file():
-                raise ConfigError(f"--{name.replace('_', '-')}: no such file {str(path)!r}")
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.tls_cert is not None
-
-    @property
-    def uses_embedded_database(self) -> bool:
-        """True when no database URL was given, so the server runs its own PostgreSQL."""
-        return self.database_url is None
+                raise ConfigError(f"{OPTIONS[name].names}: no such file {str(path)!r}")
 
 
-@dataclass(frozen=True)
-class Option:
-    """One setting as the command line and the environment spell it."""
+# Every setting that has a flag, by field name, in --help order.
+OPTIONS: dict[str, Option] = {
+    field.name: field.metadata["option"]
+    for field in dataclasses.fields(Settings)
+    if "option" in field.metadata
+}
+ENVIRONMENT_VARIABLES = frozenset(option.env for option in OPTIONS.values())
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Settings)}
 
-    flag: str
-    env: str
-    help: str
-    type: Callable[[str], Any] = str
-    default: str | None = None
 
-
-# Every setting of the command, in --help order. Deployment files are checked
-# against these names by the tests, so they cannot drift apart.
-OPTIONS: tuple[Option, ...] = (
-    Option("--listen", "MEMSTORE_LISTEN", "address to serve gRPC on, HOST:PORT", default=DEFAULT_LISTEN),
-    Option(
-        "--database-url",
-        "MEMSTORE_DATABASE_URL",
-        "PostgreSQL URL or key=value string; unset: an embedded PostgreSQL under --data-dir",
-    ),
-    Option(
-        "--data-dir",
-        "MEMSTORE_DATA_DIR",
-        "where the embedded PostgreSQL keeps its data",
-        type=Path,
-        default=str(DEFAULT_DATA_DIR),
-    ),
-    Option("--log-level", "MEMSTORE_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", default="INFO"),
-    Option(
-        "--log-format",
-        "MEMSTORE_LOG_FORMAT",
-        "text (for people) or json (one object per line)",
-        default="text",
-    ),
-    Option(
-        "--metrics-listen",
-        "MEMSTORE_METRICS_LISTEN",
-        "HOST:PORT to serve Prometheus metrics on (/metrics); unset: no metrics endpoint",
-    ),
-    Option(
-        "--workers",
-        "MEMSTORE_WORKERS",
-        "server processes sharing the port, one core each",
-        type=int,
-        default="1",
-    ),
-    Option(
-        "--max-workers", "MEMSTORE_MAX_WORKERS", "threads answering RPCs, per process", type=int, default="16"
-    ),
-    Option("--db-pool-size", "MEMSTORE_DB_POOL_SIZE", "pooled database connections", type=int, default="16"),
-    Option(
-        "--grace-period",
-        "MEMSTORE_GRACE_PERIOD",
-        "seconds in-flight RPCs get on shutdown",
-        type=float,
-        default="10",
-    ),
-    Option(
-        "--max-message-bytes",
-        "MEMSTORE_MAX_MESSAGE_BYTES",
-        "largest gRPC message received or sent; streamed chunks are split to fit",
-        type=int,
-        default=str(DEFAULT_MAX_MESSAGE_BYTES),
-    ),
-    Option(
-        "--health-interval",
-        "MEMSTORE_HEALTH_INTERVAL",
-        "seconds between the database probes behind the health service",
-        type=float,
-        default="2",
-    ),
-    Option(
-        "--api-keys", "MEMSTORE_API_KEYS", "comma-separated API keys; any key or --jwt-secret turns auth on"
-    ),
-    Option(
-        "--api-keys-file",
-        "MEMSTORE_API_KEYS_FILE",
-        "file of API keys, one per line, each a key or sha256:<hex digest>",
-        type=Path,
-    ),
-    Option("--jwt-secret", "MEMSTORE_JWT_SECRET", "secret that HS256 bearer JWTs must be signed with"),
-    Option("--tls-cert", "MEMSTORE_TLS_CERT", "PEM certificate chain: serve TLS", type=Path),
-    Option("--tls-key", "MEMSTORE_TLS_KEY", "PEM private key of --tls-cert", type=Path),
-    Option(
-        "--tls-client-ca",
-        "MEMSTORE_TLS_CLIENT_CA",
-        "PEM CA that client certificates must chain to (mTLS)",
-        type=Path,
-    ),
-)
-
-ENVIRONMENT_VARIABLES = frozenset(option.env for option in OPTIONS)
+def default_text(name: str) -> str:
+    """A setting's default as a person would type it; empty when it has none."""
+    value = _DEFAULTS[name]
+    if value is None or value == ():
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _check_address(names: str, address: str) -> None:
@@ -218,50 +213,30 @@ def _check_database_url(url: str) -> None:
         psycopg2.extensions.parse_dsn(url)
     except psycopg2.ProgrammingError as error:
         raise ConfigError(
-            "--database-url / MEMSTORE_DATABASE_URL must be a postgresql:// URL or a libpq key=value string"
+            f"{OPTIONS['database_url'].names} must be a postgresql:// URL or a libpq key=value string"
         ) from error
 
 
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     """Declare every flag, each defaulting to its MEMSTORE_* variable, then to the built-in default.
 
-    Defaults are passed as strings so argparse converts (and rejects) a bad value
-    from the environment exactly as it would the same value given as a flag.
+    A variable's text goes through the same parser as the flag's, so a bad value from
+    the environment is rejected exactly as the same value given as a flag would be.
     """
-    for option in OPTIONS:
-        default = environ.get(option.env) or option.default
-        shown = f"; default {option.default}" if option.default is not None else ""
+    for name, option in OPTIONS.items():
+        shown = default_text(name)
+        default: Any = _DEFAULTS[name]
+        if environ.get(option.env):
+            default = environ[option.env]  # a string: argparse parses it with option.parse
         parser.add_argument(
-            option.flag, type=option.type, default=default, help=f"{option.help} (env {option.env}{shown})"
+            option.flag,
+            dest=name,
+            type=option.parse,
+            default=default,
+            help=f"{option.help} (env {option.env}{'; default ' + shown if shown else ''})",
         )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Build the validated Settings from parsed flags."""
-    return Settings(
-        listen=args.listen,
-        database_url=args.database_url,
-        data_dir=args.data_dir,
-        log_level=args.log_level.upper(),
-        log_format=args.log_format.lower(),
-        metrics_listen=args.metrics_listen or None,
-        workers=args.workers,
-        max_workers=args.max_workers,
-        db_pool_size=args.db_pool_size,
-        grace_period=args.grace_period,
-        max_message_bytes=args.max_message_bytes,
-        health_interval=args.health_interval,
-        api_keys=tuple(key.strip() for key in (args.api_keys or "").split(",") if key.strip()),
-        api_keys_file=args.api_keys_file,
-        jwt_secret=args.jwt_secret or None,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-    )
-
-
-def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
-    """Parse flags (falling back to the environment) into Settings; for callers outside the CLI."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, os.environ if environ is None else environ)
-    return settings_from_args(parser.parse_args(list(argv)))
+    return Settings(**{name: getattr(args, name) for name in OPTIONS})

@@ -1,7 +1,7 @@
 """The connection pool, and the one place where a database failure becomes UNAVAILABLE.
 
-Peewee's pool (``playhouse.pool``) hands each thread its own connection for the
-length of a ``connection()`` block; the block returns it to the pool afterwards,
+Peewee's pool (``playhouse.pool``) hands each database thread (blocking.py) its
+own connection for the length of a ``connection()`` block; the block returns it to the pool afterwards,
 and a connection broken by a failure is closed instead of being reused.
 """
 
@@ -91,10 +91,8 @@ def open_database(url: str, *, pool_size: int, pool_timeout: float) -> Pool:
 @contextmanager
 def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     """Hold one pooled connection for the block; database outages surface as Unavailable."""
-    asked = time.perf_counter()
     try:
         with db.connection_context():
-            metrics.POOL_WAIT_SECONDS.observe(time.perf_counter() - asked)
             metrics.observe_pool(db)
             yield db
     except MaxConnectionsExceeded as error:

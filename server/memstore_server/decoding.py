@@ -1,20 +1,21 @@
-"""Requests that do not parse are the caller's fault: INVALID_ARGUMENT, not INTERNAL.
+"""Requests that do not parse are the caller's fault: INVALID_ARGUMENT, not INTERNAL or UNKNOWN.
 
 gRPC Python answers a request it cannot deserialize (say, a string field holding
-invalid UTF-8) with a bare INTERNAL. ``tolerant`` deserializes requests itself, so
-such a request reaches the error boundary as an InvalidArgument naming the message.
+invalid UTF-8, or bytes that are no protobuf at all) with a bare error status.
+``tolerant`` deserializes requests itself, so such a request reaches the error
+boundary as an InvalidArgument naming the message, for unary calls and for each
+message of a request stream alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import grpc
 from google.protobuf.message import DecodeError
 
 from memstore_server.errors import InvalidArgument
-from memstore_server.interceptors import Behaviour, MethodInfo
+from memstore_server.handlers import Behaviour, MethodInfo
 
 
 class _Undecodable:
@@ -36,12 +37,29 @@ def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def reject_undecodable(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
-    """The innermost wrapper: a request that did not parse becomes INVALID_ARGUMENT."""
+def _refusal(request: _Undecodable) -> InvalidArgument:
+    return InvalidArgument.single("request", f"is not a valid protobuf message: {request.error}")
 
-    def checked(request: Any, context: grpc.ServicerContext) -> Any:
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
         if isinstance(request, _Undecodable):
-            raise InvalidArgument.single("request", f"is not a valid protobuf message: {request.error}")
-        return behaviour(request, context)
+            raise _refusal(request)
+        yield request
+
+
+def reject_undecodable(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
+    """A request (or request message) that did not parse becomes INVALID_ARGUMENT."""
+    if info.request_streaming:
+
+        async def checked_stream(requests: Any, context: Any) -> Any:
+            return await behaviour(_checked_stream(requests), context)
+
+        return checked_stream
+
+    async def checked(request: Any, context: Any) -> Any:
+        if isinstance(request, _Undecodable):
+            raise _refusal(request)
+        return await behaviour(request, context)
 
     return checked

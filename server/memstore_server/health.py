@@ -1,20 +1,23 @@
 """The health service's view of the database: SERVING only while PostgreSQL answers.
 
 A probe on its own connection (outside the pool, so a busy pool never reads as
-an outage) runs every few seconds. When the database stops answering, every
-service turns NOT_SERVING and the pool's idle connections, broken by the
-outage, are closed; when it answers again, SERVING returns and fresh
-connections are made on demand. No restart is needed.
+an outage) runs every few seconds, on a thread of its own, so neither busy
+database threads nor a hung connection attempt delay the serving loop. When the
+database stops answering, every service turns NOT_SERVING and the pool's idle
+connections, broken by the outage, are closed; when it answers again, SERVING
+returns and fresh connections are made on demand. No restart is needed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import peewee
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
 from playhouse.pool import PooledDatabase
 
 logger = logging.getLogger(__name__)
@@ -27,22 +30,32 @@ class DatabaseHealth:
     def __init__(
         self,
         pool: PooledDatabase,
-        servicer: health.HealthServicer,
+        servicer: HealthServicer,
         service_names: Iterable[str],
         interval: float,
     ) -> None:
         self._pool = pool
         # The same server and credentials as the pool, on a connection of its own.
         self._probe = peewee.PostgresqlDatabase(pool.database, **pool.connect_params)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-health")
         self._servicer = servicer
         self._service_names = ("", *service_names)
         self._interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
         self.serving: bool | None = None
 
-    def check(self) -> bool:
+    async def check(self) -> bool:
         """Probe once and publish the result; True when the database answered."""
+        healthy = await asyncio.get_running_loop().run_in_executor(self._thread, self._probe_once)
+        if healthy != self.serving:
+            if healthy and self.serving is False:
+                logger.info("database answers again; serving")
+            self.serving = healthy
+            for name in self._service_names:
+                await self._servicer.set(name, SERVING if healthy else NOT_SERVING)
+        return healthy
+
+    def _probe_once(self) -> bool:
         try:
             if self._probe.is_closed():
                 self._probe.connect()
@@ -57,25 +70,26 @@ class DatabaseHealth:
         if healthy != self.serving:
             # Idle pooled connections from before a change of state are broken or about to be.
             self._pool.close_idle()
-            if healthy and self.serving is False:
-                logger.info("database answers again; serving")
-            self.serving = healthy
-            for name in self._service_names:
-                self._servicer.set(name, SERVING if healthy else NOT_SERVING)
         return healthy
 
-    def start(self) -> None:
-        self.check()
-        self._thread = threading.Thread(target=self._run, name="db-health", daemon=True)
-        self._thread.start()
+    async def start(self) -> None:
+        """Probe now, then every interval until stopped."""
+        await self.check()
+        self._task = asyncio.ensure_future(self._run())
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._interval + 5)
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_probe)
+        self._thread.shutdown(wait=False)
+
+    def _close_probe(self) -> None:
         if not self._probe.is_closed():
             self._probe.close()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.check()
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.check()

@@ -3,7 +3,7 @@
 The gRPC series carry the names and labels of go-grpc-prometheus
 (grpc_server_started_total, grpc_server_handled_total, grpc_server_handling_seconds,
 grpc_server_msg_received_total, grpc_server_msg_sent_total), which the usual
-gRPC dashboards chart. They are recorded by interceptors.CallObserverInterceptor.
+gRPC dashboards chart. They are recorded by observe.py (and streams.py for stream messages).
 
 With several worker processes, prometheus-client's multiprocess mode (chosen by
 PROMETHEUS_MULTIPROC_DIR, which the supervisor sets before starting the workers)
@@ -48,10 +48,15 @@ HANDLING_SECONDS = Histogram(
 )
 MSG_RECEIVED = Counter("grpc_server_msg_received_total", "Request messages received.", _RPC_LABELS)
 MSG_SENT = Counter("grpc_server_msg_sent_total", "Response messages sent.", _RPC_LABELS)
+OPEN_STREAMS = Gauge(
+    "memstore_open_streams",
+    "Response streams open now (bounded by --max-concurrent-streams per process).",
+    multiprocess_mode="livesum",
+)
 USERS_STREAMED = Counter("memstore_users_streamed_total", "Users sent by ListUsersChunked.")
 POOL_WAIT_SECONDS = Histogram(
     "memstore_db_pool_wait_seconds",
-    "Time an RPC waited for a pooled database connection.",
+    "Time a database call waited for a free database thread (and so connection).",
     buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
 )
 POOL_CONNECTIONS = Gauge(

@@ -8,16 +8,16 @@ Off means no interceptor and no instrumented driver: no cost on any call.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-import grpc
-from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import server_interceptor
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.psycopg2 import Psycopg2Instrumentor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from memstore_server import __version__
+from memstore_server.handlers import Behaviour, MethodInfo, Wrapper
 
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
@@ -40,19 +40,41 @@ def otlp_tracer_provider() -> TracerProvider:
     return provider
 
 
-def instrument(provider: trace.TracerProvider) -> grpc.ServerInterceptor:  # type: ignore[type-arg]
-    """Trace database calls made from now on, and return the interceptor that traces RPCs.
+def instrument(provider: trace.TracerProvider) -> Wrapper:
+    """Trace database calls made from now on, and return the wrapper that gives each RPC a span.
 
-    The interceptor extracts W3C trace context from the call's metadata, so a
-    caller's trace continues into memstore.
+    The span continues the caller's trace when the call's metadata carries W3C
+    trace context (``traceparent``). It is made here rather than by
+    opentelemetry-instrumentation-grpc's aio interceptor, which expects every
+    response stream to be an async generator: memstore's streams are writers
+    (streams.py needs to bound each write), and the interceptor breaks them.
     """
     instrumentor = Psycopg2Instrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(tracer_provider=provider, skip_dep_check=True)
-    interceptor: grpc.ServerInterceptor = server_interceptor(  # type: ignore[type-arg,no-untyped-call]
-        tracer_provider=provider
-    )
-    return interceptor
+    tracer = provider.get_tracer("memstore_server", __version__)
+
+    def wrap(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
+        attributes = {"rpc.system": "grpc", "rpc.service": info.service, "rpc.method": info.method}
+
+        async def traced(request: Any, context: Any) -> Any:
+            carrier = {
+                key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+            }
+            with tracer.start_as_current_span(
+                info.full_method,
+                context=propagate.extract(carrier),
+                kind=trace.SpanKind.SERVER,
+                attributes=attributes,
+                # observe.py sets the status from the gRPC code, which is what callers see.
+                record_exception=False,
+                set_status_on_exception=False,
+            ):
+                return await behaviour(request, context)
+
+        return traced
+
+    return wrap
 
 
 def uninstrument() -> None:

@@ -13,41 +13,37 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from memstore_server import lifecycle, logs, metrics
 from memstore_server.config import Settings
+from memstore_server.database import open_database
 
 logger = logging.getLogger(__name__)
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_POLL_SECONDS = 0.2
 
 
 def worker_main(settings: Settings, database_url: str) -> None:
     """One worker process: its own pool, the shared port, the single-process serve loop."""
-    from memstore_server import logs
-    from memstore_server.cli import serve
-    from memstore_server.database import open_database
-
     logs.configure(settings.log_level, settings.log_format)
     db = open_database(database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
     try:
-        serve(settings, db, serve_metrics=False)
+        lifecycle.run(settings, db, serve_metrics=False)
     finally:
         db.close_all()
+        logs.shutdown()
 
 
 def supervise(settings: Settings, database_url: str) -> int:
     """Run ``settings.workers`` workers until a signal stops them; 0 when all ended cleanly."""
-    from memstore_server import metrics
-
     metrics_dir = None
     metrics_server = None
     if settings.metrics_listen is not None:
@@ -68,7 +64,7 @@ def supervise(settings: Settings, database_url: str) -> int:
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward) for sig in lifecycle.STOP_SIGNALS}
     try:
         for worker in workers:
             worker.start()
@@ -94,22 +90,19 @@ def supervise(settings: Settings, database_url: str) -> int:
 
 
 def _wait(workers: list[BaseProcess], stopping: Callable[[], bool]) -> bool:
-    """Wait until every worker has exited, or one fails while not stopping; True if any failed."""
-    from memstore_server import metrics
+    """Wait until every worker has exited, or one fails while not stopping; True if any failed.
 
-    reaped: set[int] = set()
-    while True:
-        failed = False
-        for worker in workers:
-            if worker.exitcode is None:
-                continue
-            if worker.pid is not None and worker.pid not in reaped:
-                reaped.add(worker.pid)
-                if os.environ.get(_MULTIPROC_ENV):
-                    metrics.worker_exited(worker.pid)
+    Blocks on the workers' sentinels, so a worker's exit is seen the moment it happens.
+    """
+    running = {worker.sentinel: worker for worker in workers}
+    failed = False
+    while running:
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            worker = running.pop(sentinel)  # type: ignore[arg-type]
+            worker.join()
+            if os.environ.get(_MULTIPROC_ENV) and worker.pid is not None:
+                metrics.worker_exited(worker.pid)
             failed |= worker.exitcode != 0
-        if all(worker.exitcode is not None for worker in workers):
-            return failed
         if failed and not stopping():
             return True
-        time.sleep(_POLL_SECONDS)
+    return failed

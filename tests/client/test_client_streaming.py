@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,10 +10,9 @@ from collections.abc import Iterator
 import peewee
 import pytest
 from memstore_client import AsyncMemstoreClient, MemstoreClient, ResumePolicy
-from memstore_server.app import ServerHandle, create_server
 from memstore_server.config import Settings
 
-from tests.test_listing import bulk_users, delete_ids
+from tests.support import RunningServer, bulk_users, delete_ids, free_port
 
 pytestmark = pytest.mark.usefixtures("empty_store")
 
@@ -41,40 +39,31 @@ def test_list_chunked_with_users_added_while_it_runs(client: MemstoreClient, db:
     assert received[len(ids) :] == added  # added after the stream's position: they come, once
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @pytest.fixture
-def restartable(db: peewee.Database) -> Iterator[list[ServerHandle]]:
+def restartable(db: peewee.Database) -> Iterator[list[RunningServer]]:
     """Servers on one fixed port; the test stops one and starts the next. All are stopped afterwards."""
-    handles: list[ServerHandle] = []
+    handles: list[RunningServer] = []
     yield handles
     for handle in handles:
-        handle.server.stop(None)
+        handle.stop()
 
 
-def _start(db: peewee.Database, port: int) -> ServerHandle:
-    handle = create_server(Settings(listen=f"127.0.0.1:{port}"), db)
-    handle.server.start()
-    return handle
+def _start(db: peewee.Database, port: int) -> RunningServer:
+    return RunningServer(Settings(listen=f"127.0.0.1:{port}"), db)
 
 
 def test_a_stream_broken_by_a_server_restart_resumes_without_duplicates(
-    db: peewee.Database, restartable: list[ServerHandle], caplog: pytest.LogCaptureFixture
+    db: peewee.Database, restartable: list[RunningServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="memstore_server.access")
     ids = bulk_users(db, 400, pad=4000)
-    port = _free_port()
+    port = free_port()
     restartable.append(_start(db, port))
     received: list[int] = []
     restarted = threading.Event()
 
     def restart() -> None:
-        restartable[0].server.stop(0).wait()
+        restartable[0].stop(0)
         time.sleep(0.3)  # the client sees UNAVAILABLE and backs off meanwhile
         restartable.append(_start(db, port))
         restarted.set()
@@ -100,9 +89,9 @@ def test_a_stream_broken_by_a_server_restart_resumes_without_duplicates(
 
 
 @pytest.mark.asyncio
-async def test_async_list_chunked_resumes_too(db: peewee.Database, restartable: list[ServerHandle]) -> None:
+async def test_async_list_chunked_resumes_too(db: peewee.Database, restartable: list[RunningServer]) -> None:
     ids = bulk_users(db, 300, pad=4000)
-    port = _free_port()
+    port = free_port()
     restartable.append(_start(db, port))
     received: list[int] = []
     patient = ResumePolicy(max_attempts=10, initial_backoff=0.05, max_backoff=0.5)
@@ -113,7 +102,7 @@ async def test_async_list_chunked_resumes_too(db: peewee.Database, restartable: 
         async for chunk in client.user.list_chunked(1):
             received.extend(u.id for u in chunk)
             if number == 10:
-                restartable[0].server.stop(0).wait()
+                restartable[0].stop(0)
                 restartable.append(_start(db, port))
             number += 1
     assert len(restartable) == 2

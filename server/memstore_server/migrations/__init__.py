@@ -32,9 +32,9 @@ class Migration:
 
 
 def _all_migrations() -> tuple[Migration, ...]:
-    from memstore_server.migrations import m0001_initial, m0002_user_message
+    from memstore_server.migrations import m0001_initial, m0002_user_message, m0003_one_creation_time
 
-    found = (m0001_initial.MIGRATION, m0002_user_message.MIGRATION)
+    found = (m0001_initial.MIGRATION, m0002_user_message.MIGRATION, m0003_one_creation_time.MIGRATION)
     versions = [migration.version for migration in found]
     assert versions == sorted(set(versions)), "migration versions must be unique and ordered"
     return found

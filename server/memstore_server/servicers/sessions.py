@@ -1,10 +1,14 @@
-"""SessionService: translates requests into store calls and results into responses."""
+"""SessionService: request -> validated arguments -> store call (on a database thread) -> response."""
 
 from __future__ import annotations
 
-import grpc
+import functools
+from typing import Any
+
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc
 
+from memstore_server import responses
+from memstore_server.blocking import Blocking
 from memstore_server.store.sessions import SessionStore
 from memstore_server.validation import RequestChecker
 
@@ -12,29 +16,31 @@ _UPDATABLE_SESSION_FIELDS = ("metadata",)
 
 
 class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: SessionStore, run: Blocking) -> None:
         self._store = store
+        self._run = run
 
-    def CreateSession(  # noqa: N802 - gRPC method names
-        self, request: sessions_pb2.CreateSessionRequest, context: grpc.ServicerContext
+    async def CreateSession(  # noqa: N802 - gRPC method names
+        self, request: sessions_pb2.CreateSessionRequest, context: Any
     ) -> sessions_pb2.CreateSessionResponse:
         check = RequestChecker()
         session_id = check.identifier("session_id", request.session_id)
         user_id = check.identifier("user_id", request.user_id, required=False)
         metadata = check.metadata("metadata", request.metadata)
         check.raise_if_any()
-        return sessions_pb2.CreateSessionResponse(session=self._store.create(session_id, user_id, metadata))
+        session = await self._run(self._store.create, session_id, user_id, metadata)
+        return sessions_pb2.CreateSessionResponse(session=session)
 
-    def GetSession(  # noqa: N802
-        self, request: sessions_pb2.GetSessionRequest, context: grpc.ServicerContext
+    async def GetSession(  # noqa: N802
+        self, request: sessions_pb2.GetSessionRequest, context: Any
     ) -> sessions_pb2.GetSessionResponse:
         check = RequestChecker()
         session_id = check.identifier("session_id", request.session_id)
         check.raise_if_any()
-        return sessions_pb2.GetSessionResponse(session=self._store.get(session_id))
+        return sessions_pb2.GetSessionResponse(session=await self._run(self._store.get, session_id))
 
-    def UpdateSession(  # noqa: N802
-        self, request: sessions_pb2.UpdateSessionRequest, context: grpc.ServicerContext
+    async def UpdateSession(  # noqa: N802
+        self, request: sessions_pb2.UpdateSessionRequest, context: Any
     ) -> sessions_pb2.UpdateSessionResponse:
         check = RequestChecker()
         session_id = check.identifier("session_id", request.session_id)
@@ -46,24 +52,25 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
             )
         check.raise_if_any()
         present = replace or request.HasField("metadata")
-        session = self._store.update(session_id, metadata if present else None, replace=replace)
+        update = functools.partial(self._store.update, replace=replace)
+        session = await self._run(update, session_id, metadata if present else None)
         return sessions_pb2.UpdateSessionResponse(session=session)
 
-    def DeleteSession(  # noqa: N802
-        self, request: sessions_pb2.DeleteSessionRequest, context: grpc.ServicerContext
+    async def DeleteSession(  # noqa: N802
+        self, request: sessions_pb2.DeleteSessionRequest, context: Any
     ) -> sessions_pb2.DeleteSessionResponse:
         check = RequestChecker()
         session_id = check.identifier("session_id", request.session_id)
         check.raise_if_any()
-        self._store.delete(session_id)
+        await self._run(self._store.delete, session_id)
         return sessions_pb2.DeleteSessionResponse()
 
-    def ListSessions(  # noqa: N802
-        self, request: sessions_pb2.ListSessionsRequest, context: grpc.ServicerContext
+    async def ListSessions(  # noqa: N802
+        self, request: sessions_pb2.ListSessionsRequest, context: Any
     ) -> sessions_pb2.ListSessionsResponse:
         check = RequestChecker()
         limit = check.page_size("limit", request.limit)
         cursor = check.cursor("cursor", request.cursor)
         user_id = check.identifier("user_id", request.user_id, required=False)
         check.raise_if_any()
-        return self._store.page(cursor, limit, user_id)
+        return responses.sessions_page(await self._run(self._store.page, cursor, limit, user_id))

@@ -1,36 +1,40 @@
-"""UserService: translates requests into store calls and results into responses.
+"""UserService: request -> validated arguments -> store call (on a database thread) -> response.
 
 Users come back from the store already serialized, so the responses that carry
-them are framed as bytes here (see wire.py); app.py sends bytes as they are.
+them are framed as bytes (responses.py), which the handler table sends as they are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
 
-import grpc
 from memstore.v1 import users_pb2, users_pb2_grpc
 
-from memstore_server import metrics, wire
-from memstore_server.store.users import UserChanges, UserStore
+from memstore_server import metrics, responses
+from memstore_server.blocking import Blocking
+from memstore_server.coalescing import PointReads
+from memstore_server.errors import user_not_found
+from memstore_server.store.users import KeysetPage, UserChanges, UserStore
 from memstore_server.validation import RequestChecker
 
 _UPDATABLE_USER_FIELDS = ("email", "first_name", "last_name", "metadata")
-# Field 1 is `user` in CreateUserResponse, GetUserResponse and UpdateUserResponse alike.
-_USER_FIELD = 1
-
-
-def _with_user(user: bytes) -> bytes:
-    """A serialized Create/Get/UpdateUserResponse holding the serialized ``user``."""
-    return wire.length_delimited(_USER_FIELD, user)
 
 
 class UserServicer(users_pb2_grpc.UserServiceServicer):
-    def __init__(self, store: UserStore) -> None:
+    def __init__(self, store: UserStore, run: Blocking, *, max_message_bytes: int) -> None:
         self._store = store
+        self._run = run
+        self._max_message_bytes = max_message_bytes
 
-    def CreateUser(  # noqa: N802 - gRPC method names
-        self, request: users_pb2.CreateUserRequest, context: grpc.ServicerContext
+        async def fetch_many(user_ids: Any) -> dict[str, bytes]:
+            return await run(store.get_many, user_ids)
+
+        self._point_reads = PointReads(fetch_many)
+
+    async def CreateUser(  # noqa: N802 - gRPC method names
+        self, request: users_pb2.CreateUserRequest, context: Any
     ) -> bytes:
         check = RequestChecker()
         user_id = check.identifier("user_id", request.user_id)
@@ -39,19 +43,19 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         last_name = check.name("last_name", request.last_name)
         metadata = check.metadata("metadata", request.metadata)
         check.raise_if_any()
-        return _with_user(self._store.create(user_id, email, first_name, last_name, metadata))
+        user = await self._run(self._store.create, user_id, email, first_name, last_name, metadata)
+        return responses.created_user(user)
 
-    def GetUser(  # noqa: N802
-        self, request: users_pb2.GetUserRequest, context: grpc.ServicerContext
-    ) -> bytes:
+    async def GetUser(self, request: users_pb2.GetUserRequest, context: Any) -> bytes:  # noqa: N802
         check = RequestChecker()
         user_id = check.identifier("user_id", request.user_id)
         check.raise_if_any()
-        return _with_user(self._store.get(user_id))
+        user = await self._point_reads.get(user_id)
+        if user is None:
+            raise user_not_found(user_id)
+        return responses.got_user(user)
 
-    def UpdateUser(  # noqa: N802
-        self, request: users_pb2.UpdateUserRequest, context: grpc.ServicerContext
-    ) -> bytes:
+    async def UpdateUser(self, request: users_pb2.UpdateUserRequest, context: Any) -> bytes:  # noqa: N802
         check = RequestChecker()
         user_id = check.identifier("user_id", request.user_id)
         email = check.email("email", request.email)
@@ -75,45 +79,66 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
                 metadata=metadata if request.HasField("metadata") else None,
             )
         check.raise_if_any()
-        return _with_user(self._store.update(user_id, changes))
+        return responses.updated_user(await self._run(self._store.update, user_id, changes))
 
-    def DeleteUser(  # noqa: N802
-        self, request: users_pb2.DeleteUserRequest, context: grpc.ServicerContext
+    async def DeleteUser(  # noqa: N802
+        self, request: users_pb2.DeleteUserRequest, context: Any
     ) -> users_pb2.DeleteUserResponse:
         check = RequestChecker()
         user_id = check.identifier("user_id", request.user_id)
         check.raise_if_any()
-        self._store.delete(user_id)
+        await self._run(self._store.delete, user_id)
         return users_pb2.DeleteUserResponse()
 
-    def ListUsers(  # noqa: N802
-        self, request: users_pb2.ListUsersRequest, context: grpc.ServicerContext
-    ) -> bytes:
+    async def ListUsers(self, request: users_pb2.ListUsersRequest, context: Any) -> bytes:  # noqa: N802
         check = RequestChecker()
         limit = check.page_size("limit", request.limit)
         cursor = check.cursor("cursor", request.cursor)
         check.raise_if_any()
-        return self._store.page(cursor, limit)  # a serialized ListUsersResponse
+        return responses.users_page(await self._run(self._store.page, cursor, limit))
 
-    def ListUsersChunked(  # noqa: N802
-        self, request: users_pb2.ListUsersChunkedRequest, context: grpc.ServicerContext
-    ) -> Iterator[bytes]:
+    async def ListUsersChunked(  # noqa: N802
+        self, request: users_pb2.ListUsersChunkedRequest, context: Any
+    ) -> AsyncIterator[bytes]:
+        """Every user after the cursor, in keyset pages of ``chunk_size``.
+
+        The next page is fetched while the current one is being sent, and its
+        arrival tells whether the current one is the last (next_cursor 0). When
+        the call ends early (cancelled, past its deadline), the fetch still
+        running is cancelled with it, so no further page is read.
+        """
         check = RequestChecker()
         chunk_size = check.page_size("chunk_size", request.chunk_size)
         cursor = check.cursor("cursor", request.cursor)
         check.raise_if_any()
-        for chunk in self._store.chunks(cursor, chunk_size):
-            if not context.is_active():  # cancelled or past its deadline: stop querying
-                return
-            yield chunk.payload
-            metrics.USERS_STREAMED.inc(chunk.users)
+        page = await self._run(self._store.keyset_page, cursor, chunk_size)
+        following: asyncio.Future[KeysetPage] | None = None
+        try:
+            while page.ids:
+                following = asyncio.ensure_future(
+                    self._run(self._store.keyset_page, page.ids[-1], chunk_size)
+                )
+                ranges = responses.split(page.users, self._max_message_bytes)
+                for start, end in ranges[:-1]:
+                    yield responses.chunk(page.users[start:end], page.ids[end - 1])
+                    metrics.USERS_STREAMED.inc(end - start)
+                next_page = await following
+                following = None
+                start, end = ranges[-1]
+                # The stream's very last message says so with next_cursor 0.
+                yield responses.chunk(page.users[start:end], page.ids[-1] if next_page.ids else 0)
+                metrics.USERS_STREAMED.inc(end - start)
+                page = next_page
+        finally:
+            if following is not None:
+                following.cancel()
 
-    def GetUserSessions(  # noqa: N802
-        self, request: users_pb2.GetUserSessionsRequest, context: grpc.ServicerContext
+    async def GetUserSessions(  # noqa: N802
+        self, request: users_pb2.GetUserSessionsRequest, context: Any
     ) -> users_pb2.GetUserSessionsResponse:
         check = RequestChecker()
         user_id = check.identifier("user_id", request.user_id)
         limit = check.page_size("limit", request.limit)
         cursor = check.cursor("cursor", request.cursor)
         check.raise_if_any()
-        return self._store.sessions(user_id, cursor, limit)
+        return responses.user_sessions_page(await self._run(self._store.sessions, user_id, cursor, limit))

@@ -1,1 +1,1 @@
-"""Queries and transactions, one module per resource; rows leave here as proto messages."""
+"""Queries and transactions, one module per resource; they return data, never response messages."""

@@ -7,9 +7,8 @@ to epoch microseconds) so Python builds messages without datetime or UUID object
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from memstore.v1 import sessions_pb2, users_pb2
 
 
@@ -57,24 +56,3 @@ def fill_session(message: sessions_pb2.Session, row: Row) -> sessions_pb2.Sessio
     message.created_at.FromMicroseconds(row[5])
     message.updated_at.FromMicroseconds(row[6])
     return message
-
-
-def add_users(target: RepeatedCompositeFieldContainer[users_pb2.User], rows: Sequence[Row]) -> None:
-    for row in rows:
-        fill_user(target.add(), row)
-
-
-def add_sessions(target: RepeatedCompositeFieldContainer[sessions_pb2.Session], rows: Sequence[Row]) -> None:
-    for row in rows:
-        fill_session(target.add(), row)
-
-
-R = TypeVar("R", bound=Sequence[Any])
-
-
-def next_cursor(rows: Sequence[R], limit: int) -> tuple[Sequence[R], int]:
-    """Given up to limit+1 rows, the page to return and its next_cursor (0 when nothing follows)."""
-    if len(rows) > limit:
-        page = rows[:limit]
-        return page, page[-1][0]
-    return rows, 0

@@ -15,7 +15,8 @@ from memstore_server.errors import AlreadyExists, session_not_found, user_not_fo
 from memstore_server.models import Session, User
 from memstore_server.store import user_messages
 from memstore_server.store.errors import violated_constraint
-from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, add_sessions, fill_session, next_cursor
+from memstore_server.store.pages import Page, split_page
+from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, fill_session
 from memstore_server.validation import Metadata, check_merged_metadata
 
 _GET_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = %s"
@@ -114,7 +115,7 @@ class SessionStore:
                         return
             raise session_not_found(session_id)
 
-    def page(self, after: int, limit: int, user_id: str = "") -> sessions_pb2.ListSessionsResponse:
+    def page(self, after: int, limit: int, user_id: str = "") -> Page[sessions_pb2.Session]:
         with connection(self._db) as db:
             if user_id:
                 if db.execute_sql(_USER_EXISTS, (user_id,)).fetchone() is None:
@@ -122,7 +123,5 @@ class SessionStore:
                 rows = db.execute_sql(_LIST_USER_SESSIONS, (user_id, after, limit + 1)).fetchall()
             else:
                 rows = db.execute_sql(_LIST_SESSIONS, (after, limit + 1)).fetchall()
-        page, cursor = next_cursor(rows, limit)
-        response = sessions_pb2.ListSessionsResponse(next_cursor=cursor)
-        add_sessions(response.sessions, page)
-        return response
+        page, cursor = split_page(rows, limit)
+        return Page([fill_session(sessions_pb2.Session(), row) for row in page], cursor)

@@ -1,30 +1,35 @@
 """Users: their queries and transactions.
 
-Reads return the users' stored serialized messages (see user_messages.py) as bytes,
-framed into responses by hand, and run SQL built once at import. Writes go through
-the Peewee models and store fresh bytes in the same transaction.
+Reads return the users' stored serialized messages (see user_messages.py) as bytes
+and run SQL built once at import; responses are framed around them elsewhere
+(responses.py). Writes go through the Peewee models and store fresh bytes in the
+same transaction. Every method blocks: the server runs them on database threads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import peewee
-from memstore.v1 import users_pb2
+from memstore.v1 import sessions_pb2
 
-from memstore_server import wire
 from memstore_server.database import connection
 from memstore_server.errors import AlreadyExists, user_not_found
 from memstore_server.models import User
 from memstore_server.store import user_messages
 from memstore_server.store.errors import violated_constraint
+from memstore_server.store.pages import Page, split_page
 from memstore_server.store.prepared import Prepared
-from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, add_sessions, next_cursor
+from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, fill_session
 from memstore_server.validation import Metadata, check_merged_metadata
 
-_GET_MESSAGE = Prepared("memstore_get_user", ("text",), "SELECT id, message FROM users WHERE user_id = $1")
+_GET_MESSAGES = Prepared(
+    "memstore_get_users",
+    ("text[]",),
+    "SELECT id, message, user_id FROM users WHERE user_id = ANY($1)",
+)
 _LIST_MESSAGES = Prepared(
     "memstore_list_users",
     ("bigint", "bigint"),
@@ -43,12 +48,8 @@ WHERE users.user_id = %s
 """
 _TOUCH = peewee.SQL("GREATEST(clock_timestamp(), updated_at + interval '1 microsecond')")
 _RETURN_USER = peewee.SQL(USER_COLUMNS)
-# Room kept in every streamed message for its next_cursor field.
-_NEXT_CURSOR_BYTES = 11
-# users = 1 in ListUsersResponse and ListUsersChunkedResponse; next_cursor = 2.
-_USERS_FIELD, _NEXT_CURSOR_FIELD = 1, 2
 
-MessageRow = tuple[int, Any]  # (id, stored message: memoryview, bytes or None)
+MessageRow = Sequence[Any]  # (id, stored message: memoryview, bytes or None, ...)
 
 
 @dataclass(frozen=True)
@@ -64,19 +65,18 @@ class UserChanges:
 
 
 @dataclass(frozen=True)
-class Chunk:
-    """One ListUsersChunked message, already serialized, and how many users it holds."""
+class KeysetPage:
+    """Users in id order: their ids and their stored messages, side by side."""
 
-    payload: bytes
-    users: int
+    ids: list[int]
+    users: list[bytes]
 
 
 class UserStore:
-    """Returns users as serialized ``memstore.v1.User`` bytes, and pages as serialized responses."""
+    """Returns users as their serialized ``memstore.v1.User`` bytes."""
 
-    def __init__(self, db: peewee.Database, *, max_message_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, db: peewee.Database) -> None:
         self._db = db
-        self._max_message_bytes = max_message_bytes
 
     def create(self, user_id: str, email: str, first_name: str, last_name: str, metadata: Metadata) -> bytes:
         query = User.insert(
@@ -95,13 +95,19 @@ class UserStore:
                 raise
             return user_messages.save(db, row)
 
-    def get(self, user_id: str) -> bytes:
+    def get_many(self, user_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored users among ``user_ids``, by user_id; ids with no user are left out."""
         with connection(self._db) as db:
-            row = _GET_MESSAGE.execute(db, (user_id,)).fetchone()
-            found = self._messages(db, [row]) if row is not None else []
-        if not found:
+            rows = _GET_MESSAGES.execute(db, (list(user_ids),)).fetchall()
+            user_id_of = {row[0]: row[2] for row in rows}
+            return {user_id_of[id_]: message for id_, message in self._messages(db, rows)}
+
+    def get(self, user_id: str) -> bytes:
+        """The stored user ``user_id``; NotFound when there is none."""
+        found = self.get_many([user_id]).get(user_id)
+        if found is None:
             raise user_not_found(user_id)
-        return found[0][1]
+        return found
 
     def update(self, user_id: str, changes: UserChanges) -> bytes:
         values: dict[Any, Any] = {User.updated_at: _TOUCH}
@@ -135,62 +141,33 @@ class UserStore:
             if cursor.rowcount == 0:
                 raise user_not_found(user_id)
 
-    def page(self, after: int, limit: int) -> bytes:
-        """A serialized ListUsersResponse."""
+    def page(self, after: int, limit: int) -> Page[bytes]:
+        """Up to ``limit`` users after the id ``after``."""
         with connection(self._db) as db:
-            rows: list[MessageRow] = _LIST_MESSAGES.execute(db, (after, limit + 1)).fetchall()
-            page, cursor = next_cursor(rows, limit)
-            messages = self._messages(db, page)
-        return wire.repeated(_USERS_FIELD, (message for _, message in messages)) + wire.int_field(
-            _NEXT_CURSOR_FIELD, cursor
-        )
+            rows = _LIST_MESSAGES.execute(db, (after, limit + 1)).fetchall()
+            page, cursor = split_page(rows, limit)
+            return Page([message for _, message in self._messages(db, page)], cursor)
 
-    def chunks(self, after: int, size: int) -> Iterator[Chunk]:
-        """Every user after ``after`` in id order, ``size`` per serialized ListUsersChunkedResponse.
+    def keyset_page(self, after: int, size: int) -> KeysetPage:
+        """Up to ``size`` users after the id ``after``, with their ids: one page of a stream.
 
-        Keyset pages, each on a connection held only while it is fetched, so a slow
-        reader never pins a pooled connection. The next page is fetched before the
-        current one is sent, so the last message knows it is last (next_cursor 0).
-        A page too large for one message is split; every part still ends with its
-        last user's id as next_cursor.
+        Each page is read on a connection held only while it is fetched, so a
+        slow reader of a stream never pins a pooled connection.
         """
-        page = self._fetch_page(after, size)
-        while page:
-            following = self._fetch_page(page[-1][0], size)
-            yield from self._frame(page, final=not following)
-            page = following
+        with connection(self._db) as db:
+            rows = _LIST_MESSAGES.execute(db, (after, size)).fetchall()
+            found = self._messages(db, rows)
+        return KeysetPage([id_ for id_, _ in found], [message for _, message in found])
 
-    def sessions(self, user_id: str, after: int, limit: int) -> users_pb2.GetUserSessionsResponse:
+    def sessions(self, user_id: str, after: int, limit: int) -> Page[sessions_pb2.Session]:
+        """Up to ``limit`` sessions of ``user_id`` after the id ``after``; NotFound without the user."""
         with connection(self._db) as db:
             rows = db.execute_sql(_USER_SESSIONS, (after, limit + 1, user_id)).fetchall()
         if not rows:
             raise user_not_found(user_id)
         rows = [row for row in rows if row[0] is not None]
-        page, cursor = next_cursor(rows, limit)
-        response = users_pb2.GetUserSessionsResponse(next_cursor=cursor)
-        add_sessions(response.sessions, page)
-        return response
-
-    def _fetch_page(self, after: int, size: int) -> list[tuple[int, bytes]]:
-        with connection(self._db) as db:
-            rows: list[MessageRow] = _LIST_MESSAGES.execute(db, (after, size)).fetchall()
-            return self._messages(db, rows)
-
-    def _frame(self, page: list[tuple[int, bytes]], *, final: bool) -> Iterator[Chunk]:
-        budget = self._max_message_bytes - _NEXT_CURSOR_BYTES
-        start, used = 0, 0
-        for index, (_, message) in enumerate(page):
-            size = wire.field_size(_USERS_FIELD, len(message))
-            if index > start and used + size > budget:
-                yield self._chunk(page[start:index], page[index - 1][0])
-                start, used = index, 0
-            used += size
-        yield self._chunk(page[start:], 0 if final else page[-1][0])
-
-    @staticmethod
-    def _chunk(part: list[tuple[int, bytes]], cursor: int) -> Chunk:
-        payload = wire.repeated(_USERS_FIELD, (message for _, message in part))
-        return Chunk(payload + wire.int_field(_NEXT_CURSOR_FIELD, cursor), len(part))
+        page, cursor = split_page(rows, limit)
+        return Page([fill_session(sessions_pb2.Session(), row) for row in page], cursor)
 
     @staticmethod
     def _messages(db: peewee.Database, rows: Sequence[MessageRow]) -> list[tuple[int, bytes]]:

@@ -1,0 +1,61 @@
+"""Where the store's blocking calls run: a bounded set of threads, each busy only while a query runs.
+
+The serving loop (grpc.aio) must never block, and psycopg2 and Peewee do. So
+every store call is handed to one of ``threads`` threads (as many as pooled
+connections, so a thread never waits for a connection), and the call's
+coroutine awaits it holding nothing else: a stream between two pages, or a
+call queued behind busy threads, holds no thread and no connection.
+
+The caller's context variables (request id, trace span) go with the call, so
+log lines and database spans made in the thread belong to the RPC. A call that
+waited longer than the pool timeout for a thread is refused UNAVAILABLE instead
+of running late; a call cancelled while queued never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from memstore_server import metrics
+from memstore_server.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Blocking:
+    """Runs blocking functions off the event loop, at most ``threads`` at a time."""
+
+    def __init__(self, threads: int, queue_timeout: float) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
+        self._queue_timeout = queue_timeout
+
+    async def __call__(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` run on a database thread; its result or its exception."""
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(
+            self._executor, context.run, self._run, time.perf_counter(), function, args
+        )
+
+    def _run(self, queued_at: float, function: Callable[..., T], args: tuple[Any, ...]) -> T:
+        waited = time.perf_counter() - queued_at
+        metrics.POOL_WAIT_SECONDS.observe(waited)
+        if waited > self._queue_timeout:
+            logger.warning("a call waited %.1fs for a database thread; refusing it", waited)
+            raise Unavailable(
+                "the server is busy: no database connection became free in time; retry with backoff",
+                reason="DATABASE_POOL_EXHAUSTED",
+            )
+        return function(*args)
+
+    def shutdown(self) -> None:
+        """Drop queued calls and wait for running ones."""
+        self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,123 @@
+"""Responses framed around stored users, and streams split to fit the message size limit.
+
+The store hands out each user as its stored serialized ``memstore.v1.User``
+(see store/user_messages.py). A response holding users is framed around those
+bytes without parsing them: each public response that holds users has a
+private twin here, the same message with ``bytes`` where it has ``User``
+(``repeated bytes users = 1`` in place of ``repeated User users = 1``). Both
+encode a field as its tag, its length and its bytes, so the twin serializes to
+exactly the public message's bytes, and protobuf's C code does the framing.
+The twins are built from the public descriptors at import, so their field
+numbers cannot drift from the contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from memstore.v1 import sessions_pb2, users_pb2
+
+from memstore_server.store.pages import Page
+
+_USER = users_pb2.User.DESCRIPTOR.full_name
+_PRIVATE_POOL = descriptor_pool.DescriptorPool()
+_INTEGER_TYPES = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_INT32)
+
+
+def _bytes_twin(message: type[Message]) -> type[Message]:
+    """A message class encoding like ``message``, with every ``User`` field taking serialized bytes."""
+    # The stubs type DESCRIPTOR as either implementation's class; both have this interface.
+    public = cast(Descriptor, message.DESCRIPTOR)
+    file = descriptor_pb2.FileDescriptorProto(
+        name=f"memstore/internal/{public.name}.proto", package="memstore.internal", syntax="proto3"
+    )
+    twin = file.message_type.add(name=public.name)
+    for field in public.fields:
+        is_user = field.message_type is not None and field.message_type.full_name == _USER
+        if not is_user and field.type not in _INTEGER_TYPES:
+            raise TypeError(f"{public.full_name}.{field.name}: only User and integer fields have a twin")
+        twin.field.add(
+            name=field.name,
+            number=field.number,
+            type=FieldDescriptor.TYPE_BYTES if is_user else field.type,
+            label=(
+                descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+                if field.is_repeated
+                else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+            ),
+        )
+    _PRIVATE_POOL.Add(file)
+    return message_factory.GetMessageClass(
+        _PRIVATE_POOL.FindMessageTypeByName(f"memstore.internal.{public.name}")
+    )
+
+
+_CREATE_USER = _bytes_twin(users_pb2.CreateUserResponse)
+_GET_USER = _bytes_twin(users_pb2.GetUserResponse)
+_UPDATE_USER = _bytes_twin(users_pb2.UpdateUserResponse)
+_LIST_USERS = _bytes_twin(users_pb2.ListUsersResponse)
+_LIST_USERS_CHUNKED = _bytes_twin(users_pb2.ListUsersChunkedResponse)
+_USERS_FIELD = users_pb2.ListUsersChunkedResponse.DESCRIPTOR.fields_by_name["users"].number
+# Room kept in every streamed message for its next_cursor field: its tag and a 10-byte varint.
+_NEXT_CURSOR_ROOM = 11
+
+
+def created_user(user: bytes) -> bytes:
+    """A serialized CreateUserResponse holding the serialized ``user``."""
+    return _CREATE_USER(user=user).SerializeToString()
+
+
+def got_user(user: bytes) -> bytes:
+    """A serialized GetUserResponse holding the serialized ``user``."""
+    return _GET_USER(user=user).SerializeToString()
+
+
+def updated_user(user: bytes) -> bytes:
+    """A serialized UpdateUserResponse holding the serialized ``user``."""
+    return _UPDATE_USER(user=user).SerializeToString()
+
+
+def users_page(page: Page[bytes]) -> bytes:
+    """A serialized ListUsersResponse."""
+    return _LIST_USERS(users=page.items, next_cursor=page.next_cursor).SerializeToString()
+
+
+def sessions_page(page: Page[sessions_pb2.Session]) -> sessions_pb2.ListSessionsResponse:
+    return sessions_pb2.ListSessionsResponse(sessions=page.items, next_cursor=page.next_cursor)
+
+
+def user_sessions_page(page: Page[sessions_pb2.Session]) -> users_pb2.GetUserSessionsResponse:
+    return users_pb2.GetUserSessionsResponse(sessions=page.items, next_cursor=page.next_cursor)
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _field_size(length: int) -> int:
+    """Bytes a ``users`` field of ``length`` bytes takes on the wire: tag, length, payload."""
+    return _varint_size(_USERS_FIELD << 3) + _varint_size(length) + length
+
+
+def split(users: Sequence[bytes], max_bytes: int) -> list[tuple[int, int]]:
+    """How to cut ``users`` into ListUsersChunkedResponses of at most ``max_bytes`` each:
+    the (start, end) index range of each; every range holds at least one user."""
+    budget = max_bytes - _NEXT_CURSOR_ROOM
+    ranges, start, used = [], 0, 0
+    for index, user in enumerate(users):
+        size = _field_size(len(user))
+        if index > start and used + size > budget:
+            ranges.append((start, index))
+            start, used = index, 0
+        used += size
+    ranges.append((start, len(users)))
+    return ranges
+
+
+def chunk(users: Sequence[bytes], next_cursor: int) -> bytes:
+    """A serialized ListUsersChunkedResponse."""
+    return _LIST_USERS_CHUNKED(users=users, next_cursor=next_cursor).SerializeToString()
