@@ -3,9 +3,8 @@
 This is the outermost wrapper (see handlers.py), so it sees the status every
 other wrapper settled on, and it runs on every call: everything it needs per
 method (metric children, names) is looked up once, when the method is wrapped,
-and the access-log record is built directly, without the frame walk
-``Logger.info`` does to find its caller. The log line is written off the hot
-path (logs.py puts a queue in front of the handlers).
+and the access-log line is handed to the log's writer thread as a tuple: the
+record is built, formatted and written there (logs.info_later), off the loop.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from memstore_server import metrics, request_context
+from memstore_server import logs, metrics, request_context
 from memstore_server.handlers import Behaviour, MethodInfo
 
 access_logger = logging.getLogger("memstore_server.access")
@@ -74,22 +73,19 @@ def observe(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
         if access_logger.isEnabledFor(logging.INFO):
             peer = context.peer()
             milliseconds = elapsed * 1000
-            record = access_logger.makeRecord(
-                access_logger.name,
-                logging.INFO,
-                __file__,
-                0,
+            logs.info_later(
+                access_logger,
                 _ACCESS_FORMAT,
                 (full_method, code.name, milliseconds, peer, request_id),
-                None,
-                extra={
+                {
                     "method": full_method,
                     "code": code.name,
                     "duration_ms": round(milliseconds, 3),
                     "peer": peer,
+                    "request_id": request_id,
+                    "trace_id": request_context.trace_id(),
                 },
             )
-            access_logger.handle(record)
 
     async def observed(request: Any, context: Any) -> Any:
         started = time.perf_counter()
