@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import ServerAddress, unique
+from tests.support import GRPCURL, ServerAddress, unique
 
-GRPCURL = Path(sys.executable).parent / "grpcurl"
 # grpcurl's own wall-clock limit per call, and ours on the process as a backstop.
 MAX_TIME_SECONDS = 10
 PROCESS_TIMEOUT_SECONDS = 30
