@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from memstore.v1 import users_pb2, users_pb2_grpc
-from memstore_server.config import Settings
+from memstore_server.config import ConfigError, Settings, add_arguments, settings_from_args
 
 from tests.support import TIMEOUT, RunningServer, details_of, run_grpcurl, unique
 
@@ -138,3 +139,23 @@ def test_the_suite_server_has_auth_off(users: users_pb2_grpc.UserServiceStub) ->
     with pytest.raises(grpc.RpcError) as raised:
         users.GetUser(users_pb2.GetUserRequest(user_id=unique("anyone")), timeout=TIMEOUT)
     assert details_of(raised.value).code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_keys_file_with_no_key_is_a_start_up_error_not_auth_off(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("# keys are added at deploy time\n\n   \n# sha256:...\n")
+    with pytest.raises(ConfigError, match="holds no key"):
+        Settings(api_keys_file=keys_file)
+    keys_file.write_text("sha256:not-hex\n")
+    with pytest.raises(ConfigError, match="not a hex SHA-256 digest"):
+        Settings(api_keys_file=keys_file)
+
+
+@pytest.mark.parametrize("source", ["flag", "environment"])
+def test_api_keys_given_but_empty_are_refused(source: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, {"MEMSTORE_API_KEYS": " , "} if source == "environment" else {})
+    with pytest.raises(SystemExit) as exited:
+        settings_from_args(parser.parse_args(["--api-keys", ","] if source == "flag" else []))
+    assert exited.value.code == 2
+    assert "no key in it" in capsys.readouterr().err

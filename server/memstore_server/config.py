@@ -19,6 +19,8 @@ from typing import Any
 
 import psycopg2.extensions
 
+from memstore_server.auth import read_keys_file
+
 DEFAULT_LISTEN = "127.0.0.1:50051"
 # gRPC's own default limit, which clients also apply to what they receive.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -61,7 +63,11 @@ def _optional_text(text: str) -> str | None:
 
 
 def _key_list(text: str) -> tuple[str, ...]:
-    return tuple(key.strip() for key in text.split(",") if key.strip())
+    keys = tuple(key.strip() for key in text.split(",") if key.strip())
+    if text and not keys:
+        # Given but empty would silently mean "no authentication": refuse it instead.
+        raise argparse.ArgumentTypeError("no key in it: give at least one key, or leave it unset")
+    return keys
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,22 @@ class Settings:
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ConfigError(f"{OPTIONS[name].names}: no such file {str(path)!r}")
+        if self.api_keys_file is not None:
+            self._check_keys_file(self.api_keys_file)
+
+    @staticmethod
+    def _check_keys_file(path: Path) -> None:
+        """A keys file must hold a key: an empty one would quietly turn authentication off."""
+        names = OPTIONS["api_keys_file"].names
+        try:
+            keys = read_keys_file(path)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ConfigError(f"{names}: {error}") from error
+        if not keys:
+            raise ConfigError(
+                f"{names}: {str(path)!r} holds no key (only blank or # lines); "
+                "add a key or a sha256:<digest>, or leave the setting unset"
+            )
 
 
 # Every setting that has a flag, by field name, in --help order.

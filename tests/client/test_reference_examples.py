@@ -31,9 +31,9 @@ def test_reference_examples_sync(server: ServerAddress) -> None:
     fetched = client.user.get("user123")
     updated = client.user.update(UpdateUserRequest(user_id="user123", metadata={"foo": "updated_bar"}))
     sessions = client.user.get_sessions("user123")
-    users = client.user.list(limit=10, cursor=0)
-    for chunk in client.user.list_chunked(chunk_size=100):
-        process(chunk)
+    listed = client.user.list(limit=10, cursor=0)
+    for users in client.user.list_chunked(chunkSize=100):  # the page's own spelling, verbatim
+        process(users)
     client.user.delete("user123")
     client.close()
 
@@ -52,7 +52,7 @@ def test_reference_examples_sync(server: ServerAddress) -> None:
     assert updated.email == "jane@example.com"  # absent fields keep their values
     assert updated.updated_at > user.updated_at
     assert sessions == []
-    assert [u.user_id for u in users] == ["user123"]
+    assert [u.user_id for u in listed] == ["user123"]
     assert [[u.user_id for u in chunk] for chunk in processed] == [["user123"]]
     with MemstoreClient(server.target) as check:
         assert check.user.list(limit=10, cursor=0) == []
@@ -90,3 +90,17 @@ async def test_reference_examples_async(server: ServerAddress) -> None:
     assert sessions == []
     assert [u.user_id for u in users] == ["user123"]
     assert [[u.user_id for u in chunk] for chunk in processed] == [["user123"]]
+
+
+@pytest.mark.asyncio
+async def test_chunk_size_is_also_accepted_as_chunksize_and_never_both(server: ServerAddress) -> None:
+    with MemstoreClient(server.target) as client:
+        for number in range(5):
+            client.user.add(CreateUserRequest(user_id=f"chunked-{number}"))
+        with pytest.raises(TypeError, match="both chunk_size and chunkSize"):
+            next(iter(client.user.list_chunked(5, chunkSize=7)))
+        sync_sizes = [len(chunk) for chunk in client.user.list_chunked(chunkSize=2)]
+    async with AsyncMemstoreClient(server.target) as aclient:
+        async_sizes = [len(chunk) async for chunk in aclient.user.list_chunked(chunkSize=3)]
+    assert sync_sizes == [2, 2, 1]
+    assert async_sizes == [3, 2]

@@ -89,3 +89,12 @@ class ResumePolicy:
         if code not in self.retryable or failures_in_a_row >= self.max_attempts:
             return None
         return float(min(self.max_backoff, self.initial_backoff * self.multiplier ** (failures_in_a_row - 1)))
+
+
+def chunk_size_argument(chunk_size: int, chunkSize: int | None) -> int:  # noqa: N803
+    """``list_chunked``'s chunk size, given as ``chunk_size`` or as the reference page's ``chunkSize``."""
+    if chunkSize is None:
+        return chunk_size
+    if chunk_size not in (100, chunkSize):
+        raise TypeError("list_chunked() got both chunk_size and chunkSize; give one")
+    return chunkSize

@@ -18,6 +18,7 @@ from memstore_client._transport import (
     call_metadata,
     channel_credentials,
     channel_options,
+    chunk_size_argument,
 )
 from memstore_client.errors import translate
 from memstore_client.models import (
@@ -97,8 +98,15 @@ class AsyncUserClient:
                 return sessions
             cursor = response.next_cursor
 
-    async def list_chunked(self, chunk_size: int = 100, cursor: int = 0) -> AsyncIterator[Users]:
+    async def list_chunked(
+        self,
+        chunk_size: int = 100,
+        cursor: int = 0,
+        *,
+        chunkSize: int | None = None,  # noqa: N803 - the reference page's spelling
+    ) -> AsyncIterator[Users]:
         """As MemstoreClient.user.list_chunked: resumes a broken stream from its last cursor."""
+        chunk_size = chunk_size_argument(chunk_size, chunkSize)
         failures = 0
         while True:
             request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=cursor)

@@ -17,6 +17,7 @@ from memstore_client._transport import (
     call_metadata,
     channel_credentials,
     channel_options,
+    chunk_size_argument,
 )
 from memstore_client.errors import translate
 from memstore_client.models import (
@@ -100,13 +101,21 @@ class UserClient:
                 return sessions
             cursor = response.next_cursor
 
-    def list_chunked(self, chunk_size: int = 100, cursor: int = 0) -> Iterator[Users]:
+    def list_chunked(
+        self,
+        chunk_size: int = 100,
+        cursor: int = 0,
+        *,
+        chunkSize: int | None = None,  # noqa: N803 - the reference page's spelling
+    ) -> Iterator[Users]:
         """Every user after ``cursor``, ``chunk_size`` at a time, over one ListUsersChunked stream.
 
         A stream broken by a retryable status (the server restarting, say) is resumed
         from the last chunk received, so no user comes twice and none is missed. The
-        stream has no deadline: it lasts as long as the table.
+        stream has no deadline: it lasts as long as the table. ``chunkSize`` is the
+        reference page's name for ``chunk_size``, accepted so its example runs as written.
         """
+        chunk_size = chunk_size_argument(chunk_size, chunkSize)
         failures = 0
         while True:
             request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=cursor)
