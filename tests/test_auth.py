@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +62,53 @@ def test_each_configured_key_is_accepted(guarded: str, key: str) -> None:
 
 def test_a_signed_jwt_is_accepted(guarded: str) -> None:
     assert get_user(guarded, token({"sub": "svc", "exp": int(time.time()) + 60})) == grpc.StatusCode.NOT_FOUND
-    assert get_user(guarded, token({"sub": "svc"})) == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_jwt_without_exp_is_refused_unless_allowed(
+    guarded: str, start_server: Callable[[Settings], RunningServer]
+) -> None:
+    forever = token({"sub": "svc"})
+    assert get_user(guarded, forever) == grpc.StatusCode.UNAUTHENTICATED
+    allowing = start_server(Settings(listen="127.0.0.1:0", jwt_secret=SECRET, jwt_allow_no_exp=True))
+    assert get_user(allowing.target, forever) == grpc.StatusCode.NOT_FOUND
+
+
+def test_audience_and_issuer_are_checked_when_given(
+    start_server: Callable[[Settings], RunningServer],
+) -> None:
+    settings = Settings(listen="127.0.0.1:0", jwt_secret=SECRET, jwt_audience="memstore", jwt_issuer="idp")
+    target = start_server(settings).target
+    exp = int(time.time()) + 60
+    assert get_user(target, token({"aud": "memstore", "iss": "idp", "exp": exp})) == grpc.StatusCode.NOT_FOUND
+    assert get_user(target, token({"aud": ["x", "memstore"], "iss": "idp", "exp": exp})) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    for claims in ({"aud": "other", "iss": "idp"}, {"aud": "memstore", "iss": "evil"}, {"iss": "idp"}, {}):
+        assert get_user(target, token({**claims, "exp": exp})) == grpc.StatusCode.UNAUTHENTICATED, claims
+
+
+def test_jwt_rules_without_a_secret_are_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="need --jwt-secret"):
+        Settings(jwt_audience="memstore")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environment", "expected"),
+    [
+        ([], {}, False),
+        (["--jwt-allow-no-exp"], {}, True),
+        (["--jwt-allow-no-exp", "false"], {}, False),
+        ([], {"MEMSTORE_JWT_ALLOW_NO_EXP": "true"}, True),
+        ([], {"MEMSTORE_JWT_ALLOW_NO_EXP": "0"}, False),
+    ],
+)
+def test_jwt_allow_no_exp_is_a_switch(
+    arguments: list[str], environment: dict[str, str], expected: bool
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, environment)
+    settings = settings_from_args(parser.parse_args([*arguments, "--jwt-secret", SECRET]))
+    assert settings.jwt_allow_no_exp is expected
 
 
 @pytest.mark.parametrize(
@@ -159,3 +206,14 @@ def test_api_keys_given_but_empty_are_refused(source: str, capsys: pytest.Captur
         settings_from_args(parser.parse_args(["--api-keys", ","] if source == "flag" else []))
     assert exited.value.code == 2
     assert "no key in it" in capsys.readouterr().err
+
+
+def test_the_start_up_log_states_the_mode_enforced(
+    start_server: Callable[[Settings], RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="memstore_server.app")
+    start_server(Settings(listen="127.0.0.1:0", api_keys=("k1", "k2"), jwt_secret=SECRET))
+    start_server(Settings(listen="127.0.0.1:0"))
+    bound = [record.getMessage() for record in caplog.records if record.getMessage().startswith("bound ")]
+    assert "auth on: 2 API key(s) or HS256 JWTs with exp" in bound[0]
+    assert bound[1].endswith("auth off)")

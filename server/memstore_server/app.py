@@ -20,7 +20,7 @@ from opentelemetry import trace
 from playhouse.pool import PooledDatabase
 
 from memstore_server import tracing
-from memstore_server.auth import Authenticator, authentication, digest, read_keys_file
+from memstore_server.auth import Authenticator, JwtRules, authentication, digest, read_keys_file
 from memstore_server.blocking import Blocking
 from memstore_server.boundary import guard_errors
 from memstore_server.config import Settings
@@ -61,7 +61,15 @@ def authenticator_for(settings: Settings) -> Authenticator:
     digests = [digest(key) for key in settings.api_keys]
     if settings.api_keys_file is not None:
         digests.extend(read_keys_file(settings.api_keys_file))
-    return Authenticator(digests, settings.jwt_secret)
+    rules = None
+    if settings.jwt_secret is not None:
+        rules = JwtRules(
+            settings.jwt_secret,
+            allow_no_exp=settings.jwt_allow_no_exp,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+    return Authenticator(digests, rules)
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -141,6 +149,6 @@ def create_server(
         settings.listen,
         port,
         "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
-        "on" if authenticator.enabled else "off",
+        authenticator.mode,
     )
     return ServerHandle(server, port, health_servicer, database_health, blocking, streams)

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +54,42 @@ def read_keys_file(path: Path) -> list[bytes]:
     return digests
 
 
+@dataclass(frozen=True)
+class JwtRules:
+    """What an HS256 bearer JWT must satisfy besides its signature."""
+
+    secret: str = field(repr=False)
+    # A token without "exp" never expires, so it is refused unless this is set.
+    allow_no_exp: bool = False
+    # When given, the token's "aud" must include it / its "iss" must equal it.
+    audience: str | None = None
+    issuer: str | None = None
+
+
 class Authenticator:
     """Decides whether a bearer token is valid."""
 
-    def __init__(self, key_digests: Iterable[bytes], jwt_secret: str | None) -> None:
+    def __init__(self, key_digests: Iterable[bytes], jwt_rules: JwtRules | None) -> None:
         self._key_digests = tuple(key_digests)
-        self._jwt_secret = jwt_secret
+        self._jwt = jwt_rules
+        required = [] if jwt_rules is None or jwt_rules.allow_no_exp else ["exp"]
+        if jwt_rules is not None:
+            required += [
+                claim for claim, value in (("aud", jwt_rules.audience), ("iss", jwt_rules.issuer)) if value
+            ]
+        self._required_claims = required
 
     @property
     def enabled(self) -> bool:
-        return bool(self._key_digests) or self._jwt_secret is not None
+        return bool(self._key_digests) or self._jwt is not None
+
+    @property
+    def mode(self) -> str:
+        """The credentials enforced, as the start-up log states them."""
+        kinds = [f"{len(self._key_digests)} API key(s)"] if self._key_digests else []
+        if self._jwt is not None:
+            kinds.append("HS256 JWTs" + ("" if self._jwt.allow_no_exp else " with exp"))
+        return "on: " + " or ".join(kinds) if kinds else "off"
 
     def is_valid(self, token: str) -> bool:
         presented = digest(token)
@@ -72,9 +99,16 @@ class Authenticator:
             matched |= hmac.compare_digest(presented, stored)
         if matched:
             return True
-        if self._jwt_secret is not None and token.count(".") == 2:
+        if self._jwt is not None and token.count(".") == 2:
             try:
-                jwt.decode(token, self._jwt_secret, algorithms=["HS256"], options={"require": []})
+                jwt.decode(
+                    token,
+                    self._jwt.secret,
+                    algorithms=["HS256"],
+                    audience=self._jwt.audience,
+                    issuer=self._jwt.issuer,
+                    options={"require": self._required_claims, "verify_aud": self._jwt.audience is not None},
+                )
             except jwt.InvalidTokenError as error:
                 logger.info("rejected a JWT: %s", error)
                 return False

@@ -62,6 +62,16 @@ def _optional_text(text: str) -> str | None:
     return text or None
 
 
+def _switch(text: str) -> bool:
+    """A switch: the bare flag, or true/false (1/0, yes/no) from the flag or its variable."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def _key_list(text: str) -> tuple[str, ...]:
     keys = tuple(key.strip() for key in text.split(",") if key.strip())
     if text and not keys:
@@ -139,6 +149,15 @@ class Settings:
     jwt_secret: str | None = _setting(
         None, "--jwt-secret", "secret that HS256 bearer JWTs must be signed with", _optional_text, repr=False
     )
+    jwt_audience: str | None = _setting(
+        None, "--jwt-audience", "when set, a JWT's aud claim must include it", _optional_text
+    )
+    jwt_issuer: str | None = _setting(
+        None, "--jwt-issuer", "when set, a JWT's iss claim must be it", _optional_text
+    )
+    jwt_allow_no_exp: bool = _setting(
+        False, "--jwt-allow-no-exp", "accept JWTs without an exp claim (they never expire)", _switch
+    )
     tls_cert: Path | None = _setting(None, "--tls-cert", "PEM certificate chain: serve TLS", _optional_path)
     tls_key: Path | None = _setting(None, "--tls-key", "PEM private key of --tls-cert", _optional_path)
     tls_client_ca: Path | None = _setting(
@@ -180,6 +199,9 @@ class Settings:
     def _check_tls(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
+        jwt_only = ("jwt_audience", "jwt_issuer", "jwt_allow_no_exp")
+        if self.jwt_secret is None and any(getattr(self, name) for name in jwt_only):
+            raise ConfigError("--jwt-audience, --jwt-issuer and --jwt-allow-no-exp need --jwt-secret")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
@@ -219,6 +241,8 @@ def default_text(name: str) -> str:
     value = _DEFAULTS[name]
     if value is None or value == ():
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -250,12 +274,14 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
         default: Any = _DEFAULTS[name]
         if environ.get(option.env):
             default = environ[option.env]  # a string: argparse parses it with option.parse
+        switch: dict[str, Any] = {"nargs": "?", "const": True} if option.parse is _switch else {}
         parser.add_argument(
             option.flag,
             dest=name,
             type=option.parse,
             default=default,
             help=f"{option.help} (env {option.env}{'; default ' + shown if shown else ''})",
+            **switch,
         )
 
 
