@@ -21,24 +21,32 @@ from memstore_server.handlers import Behaviour, MethodInfo
 class _Undecodable:
     """Stands in for a request whose bytes did not parse."""
 
-    def __init__(self, error: DecodeError) -> None:
-        self.error = error
+    def __init__(self, message_name: str) -> None:
+        self.message_name = message_name
 
 
 def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     """``deserializer``, returning an _Undecodable instead of raising on bytes that do not parse."""
+    message_class = getattr(deserializer, "__self__", None)  # deserializers are Message.FromString
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    undecodable = _Undecodable(descriptor.full_name if descriptor is not None else "protobuf")
 
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
-        except DecodeError as error:
-            return _Undecodable(error)
+        except DecodeError:
+            return undecodable
 
     return deserialize
 
 
 def _refusal(request: _Undecodable) -> InvalidArgument:
-    return InvalidArgument.single("request", f"is not a valid protobuf message: {request.error}")
+    # The parser's own text says nothing a caller can act on, so it is not passed on.
+    return InvalidArgument.single(
+        "request",
+        f"is not a valid {request.message_name} message: its bytes do not parse "
+        "(truncated or corrupt, or a string field that is not UTF-8)",
+    )
 
 
 async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
