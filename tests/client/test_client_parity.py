@@ -83,6 +83,7 @@ def test_results_are_plain_python(client: MemstoreClient) -> None:
     assert user.metadata == {"nested": {"list": [1, "x"]}}
     assert user.created_at.tzinfo == timezone.utc
     assert isinstance(user.id, int)
+    assert type(user.metadata["nested"]["list"][0]) is int
     with pytest.raises(dataclasses.FrozenInstanceError):
         user.email = "changed"  # type: ignore[misc]
 
@@ -114,3 +115,24 @@ async def test_async_client_matches_the_sync_one(
     await async_client.user.delete(user_id)
     with pytest.raises(NotFoundError):
         client.user.get(user_id)
+
+
+@pytest.mark.parametrize(
+    ("stored", "read_back"),
+    [
+        ({"n": 5}, {"n": 5}),
+        ({"n": -(2**53)}, {"n": -(2**53)}),
+        ({"n": 2**53 + 2}, {"n": float(2**53 + 2)}),  # past 2**53 a double is no longer exact
+        ({"n": 1.5, "m": 5.0}, {"n": 1.5, "m": 5}),  # JSON has one number type: 5.0 is 5
+        ({"deep": [{"k": [1, 2.25, True, None]}]}, {"deep": [{"k": [1, 2.25, True, None]}]}),
+    ],
+)
+def test_integers_come_back_as_ints(
+    client: MemstoreClient, stored: dict[str, object], read_back: object
+) -> None:
+    user = client.user.add(CreateUserRequest(user_id=unique("numbers"), metadata=stored))
+    fetched = client.user.get(user.user_id)
+    assert fetched.metadata == read_back
+    assert {key: type(value) for key, value in fetched.metadata.items()} == {
+        key: type(value) for key, value in read_back.items()
+    }

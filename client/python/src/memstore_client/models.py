@@ -99,8 +99,27 @@ def _datetime(stamp: timestamp_pb2.Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=timezone.utc)
 
 
+# Every integer of at most this size is exactly one double, so it survives the trip as one.
+_LARGEST_EXACT_INTEGER = 2**53
+
+
+def _integral(value: Any) -> Any:
+    """``value`` with whole-number doubles within +-2**53 as ints, at every depth.
+
+    google.protobuf.Struct carries every number as a double, so {"n": 5} would
+    otherwise read back as {"n": 5.0}.
+    """
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) <= _LARGEST_EXACT_INTEGER else value
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
+
+
 def _json(struct: struct_pb2.Struct) -> JSONObject:
-    value: JSONObject = json_format.MessageToDict(struct)
+    value: JSONObject = _integral(json_format.MessageToDict(struct))
     return value
 
 
