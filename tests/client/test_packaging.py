@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -62,3 +63,66 @@ def test_wheel_installs_and_imports_in_a_clean_virtualenv(repo_root: Path, tmp_p
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0.1.0"
+
+
+TYPESCRIPT_IMPORT_CHECK = """
+import("@memstore/client").then((client) => {
+  if (typeof client.MemstoreClient !== "function") throw new Error("no MemstoreClient export");
+  console.log("imported", Object.keys(client).length, "exports");
+});
+"""
+
+
+def _npm(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    command = ["npm", *arguments, "--no-audit", "--no-fund"]
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _imports_in(project: Path) -> None:
+    result = subprocess.run(
+        ["node", "--input-type=module", "-e", TYPESCRIPT_IMPORT_CHECK],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "imported" in result.stdout
+
+
+@pytest.fixture
+def clean_typescript_checkout(repo_root: Path, tmp_path: Path) -> Path:
+    """A scratch project holding client/typescript as a clean clone has it: no dist, no node_modules."""
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("node and npm are needed for the TypeScript client")
+    tracked = subprocess.run(
+        ["git", "ls-files", "client/typescript"], cwd=repo_root, capture_output=True, text=True, check=True
+    ).stdout.split()
+    project = tmp_path / "project"
+    for name in tracked:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo_root / name, project / name)
+    _npm(["init", "-y"], project)
+    return project
+
+
+@pytest.mark.process
+def test_the_typescript_client_installs_from_its_folder_as_the_readme_says(
+    clean_typescript_checkout: Path,
+) -> None:
+    _npm(["install", "./client/typescript"], clean_typescript_checkout)  # the README's line
+    _imports_in(clean_typescript_checkout)
+
+
+@pytest.mark.process
+def test_the_typescript_client_packs_and_installs_from_the_tarball(clean_typescript_checkout: Path) -> None:
+    package = clean_typescript_checkout / "client" / "typescript"
+    packed = _npm(["pack", "--pack-destination", str(clean_typescript_checkout)], package)
+    tarball = clean_typescript_checkout / packed.stdout.strip().splitlines()[-1]
+    assert tarball.is_file(), packed.stdout
+    shutil.rmtree(package)  # installed from the tarball alone
+    _npm(["install", str(tarball)], clean_typescript_checkout)
+    _imports_in(clean_typescript_checkout)
