@@ -6,8 +6,10 @@ INVALID_ARGUMENT naming the field, and must leave nothing stored.
 
 from __future__ import annotations
 
+import base64
 import math
 import unicodedata
+import urllib.parse
 from typing import Any
 
 import grpc
@@ -237,3 +239,41 @@ def test_list_arguments_rule(users: users_pb2_grpc.UserServiceStub, limit: int, 
     assert cursor >= 0
     assert len(response.users) <= (limit or 100)
     assert all(user.id > cursor for user in response.users)
+
+
+def _trailer_bytes(error: grpc.RpcError) -> int:
+    """The bytes the error's trailers take on the wire: -bin values in base64, the message escaped."""
+    assert isinstance(error, grpc.Call)
+    total = len(urllib.parse.quote(error.details() or "", safe=" "))
+    for key, value in error.trailing_metadata() or ():
+        total += len(key) + len(base64.b64encode(value) if isinstance(value, bytes) else value)
+    return total
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["100 NaNs in a list", "a NaN under a 5,000-character key", "200 unknown update_mask paths"],
+)
+def test_a_request_with_many_violations_gets_a_bounded_invalid_argument(
+    users: users_pb2_grpc.UserServiceStub, case: str
+) -> None:
+    user_id = unique("violations")
+    users.CreateUser(users_pb2.CreateUserRequest(user_id=user_id), timeout=TIMEOUT)
+    if case.startswith("100"):
+        request = users_pb2.UpdateUserRequest(user_id=user_id, metadata=struct({"list": [math.nan] * 100}))
+    elif case.startswith("a NaN"):
+        request = users_pb2.UpdateUserRequest(user_id=user_id, metadata=struct({"k" * 5000: math.nan}))
+    else:
+        request = users_pb2.UpdateUserRequest(user_id=user_id)
+        request.update_mask.paths.extend(f"unknown_{number}" for number in range(200))
+    with pytest.raises(grpc.RpcError) as raised:
+        users.UpdateUser(request, timeout=TIMEOUT)
+    details = details_of(raised.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert _trailer_bytes(raised.value) <= 8 * 1024
+    assert 1 <= len(details.violations) <= 8
+    assert all(len(field) <= 160 for field in details.violations)
+    count = int(details.metadata.get("violation_count", "1"))
+    if count > 1:
+        assert f"and {count - 1} more" in details.message
+    assert get_user(users, user_id) is not None  # nothing stored was touched

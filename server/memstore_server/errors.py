@@ -16,6 +16,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "memstore"
 
+# A bad request can hold any number of violations, with paths as long as its keys, and a
+# default client refuses trailers over 16 KiB (RESOURCE_EXHAUSTED instead of the error).
+# So what is sent is bounded: at most this many violations, each clipped, and their count in
+# ErrorInfo; the message names the first. Sent whole, an error stays under 8 KiB of trailers.
+MAX_VIOLATIONS_SENT = 8
+MAX_FIELD_CHARS = 160
+MAX_DESCRIPTION_CHARS = 240
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -41,9 +49,20 @@ class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, violations: Sequence[FieldViolation], *, reason: str = "INVALID_ARGUMENT") -> None:
-        self.violations = tuple(violations)
-        message = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(message or "invalid request", reason=reason)
+        count = len(violations)
+        self.violations = tuple(
+            FieldViolation(_clip(v.field, MAX_FIELD_CHARS), _clip(v.description, MAX_DESCRIPTION_CHARS))
+            for v in violations[:MAX_VIOLATIONS_SENT]
+        )
+        if not self.violations:
+            message = "invalid request"
+        else:
+            first = self.violations[0]
+            more = f" (and {count - 1} more; see the BadRequest details)" if count > 1 else ""
+            message = f"{first.field}: {first.description}{more}"
+        super().__init__(
+            message, reason=reason, metadata={"violation_count": str(count)} if count > 1 else None
+        )
 
     @classmethod
     def single(cls, field: str, description: str) -> InvalidArgument:
@@ -77,6 +96,10 @@ class ResourceExhausted(ServiceError):
 
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def user_not_found(user_id: str) -> NotFound:
