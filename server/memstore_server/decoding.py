@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from memstore_server.errors import InvalidArgument
 from memstore_server.handlers import Behaviour, MethodInfo
+from memstore_server.validation import MAX_METADATA_DEPTH
 
 
 class _Undecodable:
@@ -45,7 +46,8 @@ def _refusal(request: _Undecodable) -> InvalidArgument:
     return InvalidArgument.single(
         "request",
         f"is not a valid {request.message_name} message: its bytes do not parse "
-        "(truncated or corrupt, or a string field that is not UTF-8)",
+        "(truncated or corrupt, a string field that is not UTF-8, or nested deeper than a "
+        f"protobuf parser allows: metadata may nest at most {MAX_METADATA_DEPTH} levels)",
     )
 
 

@@ -11,6 +11,7 @@ import math
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import email_validator
@@ -21,6 +22,11 @@ from memstore_server.errors import FieldViolation, InvalidArgument
 MAX_ID_LENGTH = 255
 MAX_NAME_LENGTH = 255
 MAX_METADATA_BYTES = 64 * 1024
+# Objects and lists nest at most this deep, the metadata object itself being level 1.
+# Every JSON level costs a protobuf parser up to three levels of recursion (Struct, map
+# entry, Value) and responses sit a few levels deeper than requests; stock parsers stop
+# at 100 levels (Python, C++, Java), so 20 leaves every client room to spare.
+MAX_METADATA_DEPTH = 20
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # Integral doubles below this are stored as JSON integers, so they read back as written.
@@ -42,14 +48,33 @@ def metadata_json(value: dict[str, JSONValue]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def metadata_size(json_text: str) -> int:
-    """Bytes of metadata as counted against MAX_METADATA_BYTES."""
-    return len(json_text.encode("utf-8"))
+def metadata_size(value: dict[str, JSONValue], json_text: str | None = None) -> int:
+    """Bytes of metadata as stored, the one measure held against MAX_METADATA_BYTES.
+
+    That is its compact JSON with every number written out in full, as PostgreSQL
+    keeps (and returns) a jsonb number: ``1e300`` is 301 bytes there, not 6, and a
+    limit measured on the short form would let 64 KiB of request store megabytes.
+    ``json_text`` is ``metadata_json(value)`` when the caller already has it.
+    """
+    text = metadata_json(value) if json_text is None else json_text
+    return len(text.encode("utf-8")) + _number_growth(value)
+
+
+def _number_growth(value: JSONValue) -> int:
+    """How many bytes longer the numbers in ``value`` are in full than in Python's short form."""
+    if isinstance(value, float):
+        short = repr(value)
+        return len(format(Decimal(short), "f")) - len(short)
+    if isinstance(value, dict):
+        return sum(_number_growth(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(_number_growth(item) for item in value)
+    return 0
 
 
 def check_merged_metadata(value: dict[str, JSONValue]) -> None:
     """Refuse a merge whose result, though each part was in bounds, breaks the size limit."""
-    size = metadata_size(metadata_json(value))
+    size = metadata_size(value)
     if size > MAX_METADATA_BYTES:
         raise InvalidArgument.single(
             "metadata", f"the merged metadata would be {size} bytes; at most {MAX_METADATA_BYTES} are allowed"
@@ -103,15 +128,20 @@ class RequestChecker:
         return value
 
     def metadata(self, field: str, struct: struct_pb2.Struct) -> Metadata:
-        """A JSON object of at most 64 KiB, with no NUL characters and only finite numbers."""
-        value = self._object(field, struct)
+        """A JSON object of at most 64 KiB as stored and 20 levels deep, with no NUL
+        characters and only finite numbers."""
+        value = self._object(field, struct, 1)
         try:
             json_text = metadata_json(value)
         except ValueError:  # only reached when _object already recorded the bad number
             return Metadata({}, "{}")
-        size = metadata_size(json_text)
+        size = metadata_size(value, json_text)
         if size > MAX_METADATA_BYTES:
-            self.fail(field, f"must be at most {MAX_METADATA_BYTES} bytes as compact JSON, got {size}")
+            self.fail(
+                field,
+                f"must be at most {MAX_METADATA_BYTES} bytes as compact JSON with numbers written "
+                f"out in full (as stored), got {size}",
+            )
         return Metadata(value, json_text)
 
     def page_size(self, field: str, value: int) -> int:
@@ -142,17 +172,28 @@ class RequestChecker:
             self.fail(field, "names no field; leave it unset to update the fields that are present")
         return paths & allowed_set
 
-    def _object(self, path: str, struct: struct_pb2.Struct) -> dict[str, JSONValue]:
+    def _object(self, path: str, struct: struct_pb2.Struct, depth: int) -> dict[str, JSONValue]:
         result: dict[str, JSONValue] = {}
         for key, item in struct.fields.items():
             item_path = f"{path}.{key}"
             if "\x00" in key:
                 self.fail(path, "keys must not contain NUL characters")
                 continue
-            result[key] = self._value(item_path, item)
+            result[key] = self._value(item_path, item, depth)
         return result
 
-    def _value(self, path: str, item: struct_pb2.Value) -> JSONValue:
+    def _nested(self, path: str, depth: int) -> bool:
+        """Whether a container at ``path`` (at level ``depth``) is within the depth limit."""
+        if depth <= MAX_METADATA_DEPTH:
+            return True
+        self.fail(
+            path,
+            f"nests objects or lists {depth} levels deep; metadata may nest at most "
+            f"{MAX_METADATA_DEPTH} levels (the metadata object itself is level 1)",
+        )
+        return False
+
+    def _value(self, path: str, item: struct_pb2.Value, depth: int) -> JSONValue:
         kind = item.WhichOneof("kind")
         if kind == "string_value":
             if "\x00" in item.string_value:
@@ -169,10 +210,14 @@ class RequestChecker:
         if kind == "bool_value":
             return item.bool_value
         if kind == "struct_value":
-            return self._object(path, item.struct_value)
+            if not self._nested(path, depth + 1):
+                return None
+            return self._object(path, item.struct_value, depth + 1)
         if kind == "list_value":
+            if not self._nested(path, depth + 1):
+                return None
             return [
-                self._value(f"{path}[{index}]", element)
+                self._value(f"{path}[{index}]", element, depth + 1)
                 for index, element in enumerate(item.list_value.values)
             ]
         return None  # null_value, or a Value with no kind set, which JSON can only show as null

@@ -9,6 +9,7 @@ import { after, before, describe, test } from "node:test";
 import {
   type CreateSessionRequest,
   type CreateUserRequest,
+  type JsonObject,
   MemstoreClient,
   NotFoundError,
   type Session,
@@ -116,6 +117,29 @@ describe("users", () => {
     });
     assert.deepEqual(replaced.metadata, { only: "this" }, "a mask replaces metadata wholesale");
     assert.equal(replaced.last_name, "Lee", "a field not in the mask does not change");
+  });
+
+  test("metadata nested as deep as the server allows (20 levels) reads back from get, list and listChunked", async () => {
+    let metadata: JsonObject = { leaf: "bottom" };
+    for (let level = 1; level < 20; level++) metadata = { n: metadata };
+    const user_id = unique("deep");
+    await client.user.add({ user_id, metadata });
+    assert.deepEqual((await client.user.get(user_id)).metadata, metadata);
+    const listed = [];
+    let cursor = 0;
+    for (;;) {
+      const page = await client.user.list(1000, cursor);
+      listed.push(...page.filter((u) => u.user_id === user_id));
+      if (page.length < 1000) break;
+      cursor = page[page.length - 1]?.id ?? 0;
+    }
+    const streamed = [];
+    for await (const chunk of client.user.listChunked(1000)) streamed.push(...chunk.filter((u) => u.user_id === user_id));
+    assert.deepEqual(
+      [...listed, ...streamed].map((u) => u.metadata),
+      [metadata, metadata],
+    );
+    await assert.rejects(client.user.add({ user_id: unique("deeper"), metadata: { n: metadata } }), /at most 20 levels/);
   });
 
   test("list pages by id and getSessions gathers every session in id order", async () => {

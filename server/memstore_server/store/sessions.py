@@ -85,7 +85,9 @@ class SessionStore:
             row = db.execute(query).fetchone()
             if row is None:
                 raise session_not_found(session_id)
-            check_merged_metadata(row[4])  # rolls the update back when too large
+            if metadata is not None and not replace:
+                # Only a merge makes a new object; an update leaving metadata alone never fails on it.
+                check_merged_metadata(row[4])  # rolls the update back when too large
         return fill_session(sessions_pb2.Session(), row)
 
     def delete(self, session_id: str) -> None:

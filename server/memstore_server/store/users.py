@@ -131,7 +131,9 @@ class UserStore:
             row = db.execute(query).fetchone()
             if row is None:
                 raise user_not_found(user_id)
-            check_merged_metadata(row[6])  # rolls the update back when too large
+            if changes.metadata is not None and not changes.replace_metadata:
+                # Only a merge makes a new object; an update leaving metadata alone never fails on it.
+                check_merged_metadata(row[6])  # rolls the update back when too large
             return user_messages.save(db, row)
 
     def delete(self, user_id: str) -> None:
