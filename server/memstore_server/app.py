@@ -19,7 +19,7 @@ from memstore.v1 import sessions_pb2, users_pb2
 from opentelemetry import trace
 from playhouse.pool import PooledDatabase
 
-from memstore_server import tracing
+from memstore_server import message_limit, tracing
 from memstore_server.auth import Authenticator, JwtRules, authentication, digest, read_keys_file
 from memstore_server.blocking import Blocking
 from memstore_server.boundary import guard_errors
@@ -110,7 +110,10 @@ def create_server(
         USER_SERVICE,
         UserServicer(UserStore(db), blocking, max_message_bytes=settings.max_message_bytes),
     )
-    table.add_service(SESSION_SERVICE, SessionServicer(SessionStore(db), blocking))
+    table.add_service(
+        SESSION_SERVICE,
+        SessionServicer(SessionStore(db), blocking, max_message_bytes=settings.max_message_bytes),
+    )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, table)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
@@ -118,16 +121,15 @@ def create_server(
         table,
     )
 
-    streams = StreamLimits(
-        getattr(settings, "max_concurrent_streams", 1000), getattr(settings, "stream_stall_timeout", 30.0)
-    )  # TEMP
+    streams = StreamLimits(settings.max_concurrent_streams, settings.stream_stall_timeout)
     authenticator = authenticator_for(settings)
     # A span, when traced, encloses everything else, so the access log and errors happen inside it.
     wrappers: list[Wrapper] = [] if tracer_provider is None else [tracing.instrument(tracer_provider)]
     wrappers += [observe, guard_errors]
     if authenticator.enabled:
         wrappers.append(authentication(authenticator))
-    wrappers += [reject_undecodable, streams.wrapper()]
+    # Innermost, so a streamed message too large fails the call rather than looking like its end.
+    wrappers += [reject_undecodable, streams.wrapper(), message_limit.within(settings.max_message_bytes)]
     server = grpc.aio.server(options=grpc_options(settings))
     table.register(server, wrappers, deserializer=tolerant)
 

@@ -127,7 +127,7 @@ class Settings:
     max_message_bytes: int = _setting(
         DEFAULT_MAX_MESSAGE_BYTES,
         "--max-message-bytes",
-        "largest gRPC message received or sent; streamed chunks are split to fit",
+        "largest gRPC message received or sent; pages and streamed chunks are cut to fit",
         int,
     )
     health_interval: float = _setting(

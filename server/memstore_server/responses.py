@@ -62,7 +62,9 @@ _UPDATE_USER = _bytes_twin(users_pb2.UpdateUserResponse)
 _LIST_USERS = _bytes_twin(users_pb2.ListUsersResponse)
 _LIST_USERS_CHUNKED = _bytes_twin(users_pb2.ListUsersChunkedResponse)
 _USERS_FIELD = users_pb2.ListUsersChunkedResponse.DESCRIPTOR.fields_by_name["users"].number
-# Room kept in every streamed message for its next_cursor field: its tag and a 10-byte varint.
+_LIST_SESSIONS_FIELD = sessions_pb2.ListSessionsResponse.DESCRIPTOR.fields_by_name["sessions"].number
+_USER_SESSIONS_FIELD = users_pb2.GetUserSessionsResponse.DESCRIPTOR.fields_by_name["sessions"].number
+# Room kept in every page and streamed message for its next_cursor field: its tag and a 10-byte varint.
 _NEXT_CURSOR_ROOM = 11
 
 
@@ -81,26 +83,41 @@ def updated_user(user: bytes) -> bytes:
     return _UPDATE_USER(user=user).SerializeToString()
 
 
-def users_page(page: Page[bytes]) -> bytes:
-    """A serialized ListUsersResponse."""
-    return _LIST_USERS(users=page.items, next_cursor=page.next_cursor).SerializeToString()
+def users_page(page: Page[bytes], max_bytes: int) -> bytes:
+    """A serialized ListUsersResponse of at most ``max_bytes``: fewer users than asked
+    for when they would not fit, with the cursor continuing after the last one sent."""
+    fitted = page.within(
+        [_field_size(_USERS_FIELD, len(user)) for user in page.items], max_bytes - _NEXT_CURSOR_ROOM
+    )
+    return _LIST_USERS(users=fitted.items, next_cursor=fitted.next_cursor).SerializeToString()
 
 
-def sessions_page(page: Page[sessions_pb2.Session]) -> sessions_pb2.ListSessionsResponse:
-    return sessions_pb2.ListSessionsResponse(sessions=page.items, next_cursor=page.next_cursor)
+def _sessions_within(
+    page: Page[sessions_pb2.Session], field: int, max_bytes: int
+) -> Page[sessions_pb2.Session]:
+    sizes = [_field_size(field, session.ByteSize()) for session in page.items]
+    return page.within(sizes, max_bytes - _NEXT_CURSOR_ROOM)
 
 
-def user_sessions_page(page: Page[sessions_pb2.Session]) -> users_pb2.GetUserSessionsResponse:
-    return users_pb2.GetUserSessionsResponse(sessions=page.items, next_cursor=page.next_cursor)
+def sessions_page(page: Page[sessions_pb2.Session], max_bytes: int) -> sessions_pb2.ListSessionsResponse:
+    """A ListSessionsResponse of at most ``max_bytes`` (see users_page)."""
+    fitted = _sessions_within(page, _LIST_SESSIONS_FIELD, max_bytes)
+    return sessions_pb2.ListSessionsResponse(sessions=fitted.items, next_cursor=fitted.next_cursor)
+
+
+def user_sessions_page(page: Page[sessions_pb2.Session], max_bytes: int) -> users_pb2.GetUserSessionsResponse:
+    """A GetUserSessionsResponse of at most ``max_bytes`` (see users_page)."""
+    fitted = _sessions_within(page, _USER_SESSIONS_FIELD, max_bytes)
+    return users_pb2.GetUserSessionsResponse(sessions=fitted.items, next_cursor=fitted.next_cursor)
 
 
 def _varint_size(value: int) -> int:
     return max(1, (value.bit_length() + 6) // 7)
 
 
-def _field_size(length: int) -> int:
-    """Bytes a ``users`` field of ``length`` bytes takes on the wire: tag, length, payload."""
-    return _varint_size(_USERS_FIELD << 3) + _varint_size(length) + length
+def _field_size(number: int, length: int) -> int:
+    """Bytes a length-delimited field ``number`` of ``length`` bytes takes: tag, length, payload."""
+    return _varint_size(number << 3) + _varint_size(length) + length
 
 
 def split(users: Sequence[bytes], max_bytes: int) -> list[tuple[int, int]]:
@@ -109,7 +126,7 @@ def split(users: Sequence[bytes], max_bytes: int) -> list[tuple[int, int]]:
     budget = max_bytes - _NEXT_CURSOR_ROOM
     ranges, start, used = [], 0, 0
     for index, user in enumerate(users):
-        size = _field_size(len(user))
+        size = _field_size(_USERS_FIELD, len(user))
         if index > start and used + size > budget:
             ranges.append((start, index))
             start, used = index, 0

@@ -16,9 +16,10 @@ _UPDATABLE_SESSION_FIELDS = ("metadata",)
 
 
 class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
-    def __init__(self, store: SessionStore, run: Blocking) -> None:
+    def __init__(self, store: SessionStore, run: Blocking, *, max_message_bytes: int) -> None:
         self._store = store
         self._run = run
+        self._max_message_bytes = max_message_bytes
 
     async def CreateSession(  # noqa: N802 - gRPC method names
         self, request: sessions_pb2.CreateSessionRequest, context: Any
@@ -73,4 +74,5 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
         cursor = check.cursor("cursor", request.cursor)
         user_id = check.identifier("user_id", request.user_id, required=False)
         check.raise_if_any()
-        return responses.sessions_page(await self._run(self._store.page, cursor, limit, user_id))
+        page = await self._run(self._store.page, cursor, limit, user_id)
+        return responses.sessions_page(page, self._max_message_bytes)

@@ -95,7 +95,8 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         limit = check.page_size("limit", request.limit)
         cursor = check.cursor("cursor", request.cursor)
         check.raise_if_any()
-        return responses.users_page(await self._run(self._store.page, cursor, limit))
+        page = await self._run(self._store.page, cursor, limit)
+        return responses.users_page(page, self._max_message_bytes)
 
     async def ListUsersChunked(  # noqa: N802
         self, request: users_pb2.ListUsersChunkedRequest, context: Any
@@ -141,4 +142,5 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         limit = check.page_size("limit", request.limit)
         cursor = check.cursor("cursor", request.cursor)
         check.raise_if_any()
-        return responses.user_sessions_page(await self._run(self._store.sessions, user_id, cursor, limit))
+        page = await self._run(self._store.sessions, user_id, cursor, limit)
+        return responses.user_sessions_page(page, self._max_message_bytes)

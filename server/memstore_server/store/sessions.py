@@ -125,5 +125,7 @@ class SessionStore:
                 rows = db.execute_sql(_LIST_USER_SESSIONS, (user_id, after, limit + 1)).fetchall()
             else:
                 rows = db.execute_sql(_LIST_SESSIONS, (after, limit + 1)).fetchall()
-        page, cursor = split_page(rows, limit)
-        return Page([fill_session(sessions_pb2.Session(), row) for row in page], cursor)
+        page, more = split_page(rows, limit)
+        return Page(
+            [fill_session(sessions_pb2.Session(), row) for row in page], [row[0] for row in page], more
+        )

@@ -147,8 +147,9 @@ class UserStore:
         """Up to ``limit`` users after the id ``after``."""
         with connection(self._db) as db:
             rows = _LIST_MESSAGES.execute(db, (after, limit + 1)).fetchall()
-            page, cursor = split_page(rows, limit)
-            return Page([message for _, message in self._messages(db, page)], cursor)
+            page, more = split_page(rows, limit)
+            found = self._messages(db, page)
+            return Page([message for _, message in found], [id_ for id_, _ in found], more)
 
     def keyset_page(self, after: int, size: int) -> KeysetPage:
         """Up to ``size`` users after the id ``after``, with their ids: one page of a stream.
@@ -168,8 +169,10 @@ class UserStore:
         if not rows:
             raise user_not_found(user_id)
         rows = [row for row in rows if row[0] is not None]
-        page, cursor = split_page(rows, limit)
-        return Page([fill_session(sessions_pb2.Session(), row) for row in page], cursor)
+        page, more = split_page(rows, limit)
+        return Page(
+            [fill_session(sessions_pb2.Session(), row) for row in page], [row[0] for row in page], more
+        )
 
     @staticmethod
     def _messages(db: peewee.Database, rows: Sequence[MessageRow]) -> list[tuple[int, bytes]]:

@@ -330,7 +330,8 @@ export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__P
  */
 export type ListSessionsResponse = Message<"memstore.v1.ListSessionsResponse"> & {
   /**
-   * The page of sessions, ordered by `id`.
+   * The page of sessions, ordered by `id`: at most `limit`, and fewer when more
+   * would not fit in one message (the server's message size limit).
    *
    * @generated from field: repeated memstore.v1.Session sessions = 1;
    */

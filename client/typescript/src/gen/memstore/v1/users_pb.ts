@@ -386,7 +386,8 @@ export const ListUsersRequestSchema: GenMessage<ListUsersRequest> = /*@__PURE__*
  */
 export type ListUsersResponse = Message<"memstore.v1.ListUsersResponse"> & {
   /**
-   * The page of users, ordered by `id`.
+   * The page of users, ordered by `id`: at most `limit`, and fewer when more
+   * would not fit in one message (the server's message size limit).
    *
    * @generated from field: repeated memstore.v1.User users = 1;
    */
@@ -511,7 +512,9 @@ export const GetUserSessionsRequestSchema: GenMessage<GetUserSessionsRequest> = 
  */
 export type GetUserSessionsResponse = Message<"memstore.v1.GetUserSessionsResponse"> & {
   /**
-   * The page of the user's sessions, ordered by `id`.
+   * The page of the user's sessions, ordered by `id`: at most `limit`, and
+   * fewer when more would not fit in one message (the server's message size
+   * limit).
    *
    * @generated from field: repeated memstore.v1.Session sessions = 1;
    */
