@@ -1,8 +1,9 @@
-"""Generate the Python stubs of memstore.v1 from protos/ with grpcio-tools.
+"""Generate the Python stubs of memstore.v1 from protos/ with grpcio-tools, and the
+descriptor set with the protos' comments that the server's reflection serves.
 
-Used by ``make proto`` (writing into the client package) and by the freshness
-test (writing into a scratch folder and comparing), so both run the very same
-generator with the very same flags.
+Used by ``make proto`` (writing into the client package and the server package)
+and by the freshness test (writing into a scratch folder and comparing), so both
+run the very same generator with the very same flags.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from grpc_tools import protoc
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO_ROOT / "protos"
 DEFAULT_OUT = REPO_ROOT / "client" / "python" / "src"
+# Generated stubs carry no comments; this file keeps them (source info) for reflection.
+DEFAULT_DESCRIPTORS = REPO_ROOT / "server" / "memstore_server" / "memstore_v1.binpb"
 
 
 def proto_files() -> list[Path]:
@@ -23,9 +26,11 @@ def proto_files() -> list[Path]:
     return sorted(PROTO_ROOT.glob("memstore/**/*.proto"))
 
 
-def generate(out_dir: Path) -> None:
-    """Write *_pb2.py, *_pb2.pyi and *_pb2_grpc.py for every proto into out_dir."""
+def generate(out_dir: Path, descriptors: Path) -> None:
+    """Write *_pb2.py, *_pb2.pyi and *_pb2_grpc.py for every proto into out_dir, and their
+    FileDescriptorSet with source info (comments) to ``descriptors``."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    descriptors.parent.mkdir(parents=True, exist_ok=True)
     well_known = resources.files("grpc_tools") / "_proto"
     args = [
         "grpc_tools.protoc",
@@ -34,6 +39,8 @@ def generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--descriptor_set_out={descriptors}",
+        "--include_source_info",
         *(str(path.relative_to(PROTO_ROOT)) for path in proto_files()),
     ]
     if protoc.main(args) != 0:
@@ -45,7 +52,14 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="output root (default: the client package)"
     )
-    generate(parser.parse_args().out)
+    parser.add_argument(
+        "--descriptors",
+        type=Path,
+        default=DEFAULT_DESCRIPTORS,
+        help="descriptor set output (default: the server package)",
+    )
+    args = parser.parse_args()
+    generate(args.out, args.descriptors)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,19 @@ from pathlib import Path
 
 def test_committed_stubs_are_fresh(repo_root: Path, tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, str(repo_root / "scripts" / "generate_protos.py"), "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(repo_root / "scripts" / "generate_protos.py"),
+            "--out",
+            str(tmp_path / "stubs"),
+            "--descriptors",
+            str(tmp_path / "memstore_v1.binpb"),
+        ],
         check=True,
         timeout=120,
     )
-    generated = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    stubs = tmp_path / "stubs"
+    generated = {p.relative_to(stubs): p.read_bytes() for p in stubs.rglob("*") if p.is_file()}
     assert generated, "the generator wrote nothing"
     committed_root = repo_root / "client" / "python" / "src"
     committed = {
@@ -25,6 +33,10 @@ def test_committed_stubs_are_fresh(repo_root: Path, tmp_path: Path) -> None:
     extra = sorted(str(path) for path in set(committed) - set(generated))
     assert not stale, f"stale generated files {stale}: run `make proto` and commit"
     assert not extra, f"generated files without a proto {extra}: delete them"
+    descriptors = repo_root / "server" / "memstore_server" / "memstore_v1.binpb"
+    assert descriptors.read_bytes() == (tmp_path / "memstore_v1.binpb").read_bytes(), (
+        "stale descriptor set for reflection: run `make proto` and commit"
+    )
 
 
 def test_client_package_holds_no_server_code(repo_root: Path) -> None:

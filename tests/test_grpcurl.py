@@ -122,6 +122,28 @@ def test_describe_user_shows_its_fields(server: ServerAddress) -> None:
         assert field in result.stdout
 
 
+def test_describe_shows_the_protos_documentation(server: ServerAddress) -> None:
+    """Reflection serves the protos with their comments, so each field's limits and errors show."""
+    result = grpcurl(server, "describe", "memstore.v1.User")
+    assert result.returncode == 0, result.stderr
+    assert "objects and lists nested at most 20 levels deep" in result.stdout
+    request = grpcurl(server, "describe", "memstore.v1.ListUsersRequest")
+    assert request.returncode == 0, request.stderr
+    assert "negative is INVALID_ARGUMENT" in request.stdout
+
+
+@pytest.mark.parametrize(
+    "method", ["memstore.v1.UserService.ListUsersChunked", "memstore.v1.SessionService.GetSession"]
+)
+def test_describe_a_method_resolves_it(server: ServerAddress, method: str) -> None:
+    result = grpcurl(server, "describe", method)
+    assert result.returncode == 0, result.stderr
+    assert f"{method} is a method" in result.stdout
+    unknown = grpcurl(server, "describe", method + "Nope")
+    assert unknown.returncode != 0
+    assert "not found" in unknown.stderr.lower()
+
+
 def test_create_then_get_a_user_with_metadata(server: ServerAddress) -> None:
     """Struct metadata travels as a plain JSON object and int64 as a decimal string, both ways."""
     user_id = unique("grpcurl")

@@ -29,6 +29,7 @@ from memstore_server.handlers import HandlerTable, Wrapper
 from memstore_server.health import DatabaseHealth
 from memstore_server.models import database_proxy
 from memstore_server.observe import observe
+from memstore_server.reflection_pool import DocumentedPool
 from memstore_server.servicers.sessions import SessionServicer
 from memstore_server.servicers.users import UserServicer
 from memstore_server.store.sessions import SessionStore
@@ -117,7 +118,9 @@ def create_server(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, table)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        ReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+        ReflectionServicer(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), pool=DocumentedPool()
+        ),
         table,
     )
 

