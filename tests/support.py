@@ -122,6 +122,28 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return result
 
 
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field, encoded by hand."""
+    length, size = b"", len(payload)
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        length += bytes([byte | (0x80 if size else 0)])
+        if not size:
+            return bytes([field_number << 3 | 2]) + length + payload
+
+
+def create_user_request_nested(user_id: str, depth: int) -> bytes:
+    """A serialized CreateUserRequest whose metadata is ``depth`` objects deep (``{"n": {"n": {}}}``
+    is 3, the metadata object itself being level 1), built by hand: no protobuf library
+    builds one deeper than its own parser would take."""
+    struct_bytes = b""  # the innermost object, empty
+    for _ in range(depth - 1):
+        value = _length_delimited(5, struct_bytes)  # Value.struct_value
+        entry = _length_delimited(1, b"n") + _length_delimited(2, value)  # map entry: key, value
+        struct_bytes = _length_delimited(1, entry)  # Struct.fields
+    return _length_delimited(1, user_id.encode()) + _length_delimited(5, struct_bytes)
+
+
 @dataclass(frozen=True)
 class ErrorDetails:
     code: grpc.StatusCode

@@ -1,29 +1,38 @@
 """Every RPC driven with open-ended input: the answer is OK or a specific client error, never more.
 
 Invariants, for each generated call: the status is OK or one of the client errors
-(INVALID_ARGUMENT naming a field, NOT_FOUND, ALREADY_EXISTS, ...), never UNKNOWN or
-INTERNAL; a call that fails changes nothing stored; and the server is healthy at
-the end. MEMSTORE_FUZZ_EXAMPLES sets the examples per RPC (``make fuzz`` raises it).
+(INVALID_ARGUMENT naming a field, read back in full by a default-configured client,
+NOT_FOUND, ALREADY_EXISTS, ...), never UNKNOWN or INTERNAL; a call that fails
+changes nothing stored; whatever a call stored reads back the same through the
+Python stubs, the Python client and, at the end, the TypeScript client, one at a
+time and in whole-table listings; and the server is healthy at the end.
+MEMSTORE_FUZZ_EXAMPLES sets the examples per RPC (``make fuzz`` raises it).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import peewee
 import pytest
-from google.protobuf import field_mask_pb2, struct_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
+from memstore_client import MemstoreClient
+from memstore_server.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
 
 from tests.reliability import record
-from tests.support import TIMEOUT, details_of
+from tests.support import TIMEOUT, ServerAddress, create_user_request_nested, details_of, unique
 
 EXAMPLES = int(os.environ.get("MEMSTORE_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -59,7 +68,14 @@ int32s = st.one_of(
     st.integers(-(2**31), 2**31 - 1), st.sampled_from([0, 1, -1, 1000, 1001, 2**31 - 1, -(2**31)])
 )
 int64s = st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63)]))
-numbers = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**60), 2**60)
+# Every magnitude: the extremes of a double, subnormals, the edge of exact integers, -0.
+numbers = (
+    st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(-(2**60), 2**60)
+    | st.sampled_from(
+        [1e300, -1.7976931348623157e308, 5e-324, 2.2250738585072014e-308, 1e-7, 1e16, -0.0, 2**53, 2**53 + 1]
+    )
+)
 keys = st.text(st.characters(exclude_categories=["Cs"]), max_size=10)
 json_values = st.recursive(
     st.none() | st.booleans() | numbers | st.text(st.characters(exclude_categories=["Cs"]), max_size=30),
@@ -78,11 +94,14 @@ def _deep(depth: int) -> dict[str, Any]:
 metadata_values = st.one_of(
     st.none(),
     st.dictionaries(keys, json_values, max_size=6),
-    st.integers(1, 30).map(
-        _deep
-    ),  # deep nesting (a Struct level is two protobuf levels; protobuf stops at 100)
+    # Deep nesting, up to where this client can still build it; deeper goes as raw bytes below.
+    st.integers(1, 30).map(_deep),
     st.integers(1, 3000).map(lambda n: {"big": list(range(n))}),  # huge arrays
     st.integers(60_000, 70_000).map(lambda n: {"pad": "x" * n}),  # around the 64 KiB limit
+    # The largest metadata there is as a protobuf (small numbers: 2 bytes as JSON, 11 as a
+    # Struct), and short numbers that are long as stored (1e300: 6 bytes sent, 301 stored).
+    st.integers(MAX_METADATA_BYTES // 2 - 8, MAX_METADATA_BYTES // 2 + 8).map(lambda n: {"n": [1] * n}),
+    st.integers(150, 250).map(lambda n: {"big": [1e300] * n}),
 )
 masks = st.none() | st.lists(
     st.sampled_from(["email", "first_name", "last_name", "metadata", "user_id", "id", "", "metadata.x"]),
@@ -148,27 +167,89 @@ def seeded(
         )
 
 
-def check(db: peewee.Database, tally: Tally, call: Callable[[], Any]) -> None:
-    """Make ``call``; a failure must be a client error and must leave the store as it was."""
+def check(db: peewee.Database, tally: Tally, call: Callable[[], Any]) -> Any:
+    """Make ``call``; a failure must be a client error and must leave the store as it was.
+    Returns the response of a call that succeeded, else None."""
     before = snapshot(db)
     tally.calls += 1
     failure: grpc.RpcError | None = None
     try:
         result = call()
         if isinstance(result, Iterator):
-            for _ in result:
-                pass
+            result = list(result)
     except grpc.RpcError as error:
         failure = error
     if failure is None:
         tally.codes["OK"] = tally.codes.get("OK", 0) + 1
-        return
+        return result
     code: grpc.StatusCode = failure.code()
     tally.codes[code.name] = tally.codes.get(code.name, 0) + 1
     assert code in CLIENT_ERRORS, f"{code.name}: {failure.details()}"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         assert details_of(failure).violations, "INVALID_ARGUMENT without a field named"
     assert snapshot(db) == before, "a failed call changed what is stored"
+    return None
+
+
+def as_floats(value: Any) -> Any:
+    """``value`` with every number a float: each client has its own idea of an integer."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, list):
+        return [as_floats(item) for item in value]
+    return {key: as_floats(item) for key, item in value.items()}
+
+
+class Written:
+    """What the fuzzing stored, to be read back through every client."""
+
+    def __init__(self) -> None:
+        self.user_ids: set[str] = set()
+        self.session_ids: set[str] = set()
+
+
+@pytest.fixture(scope="module")
+def written() -> Written:
+    return Written()
+
+
+@pytest.fixture(scope="module")
+def python_client(server: ServerAddress) -> Iterator[MemstoreClient]:
+    with MemstoreClient(server.target) as client:
+        yield client
+
+
+def read_back_user(
+    users: users_pb2_grpc.UserServiceStub, client: MemstoreClient, written: Written, stored: users_pb2.User
+) -> None:
+    """The user a call just returned reads back the same through the stubs and the Python client."""
+    fetched = users.GetUser(users_pb2.GetUserRequest(user_id=stored.user_id), timeout=TIMEOUT).user
+    assert fetched == stored
+    through_client = client.user.get(stored.user_id)
+    assert as_floats(through_client.metadata) == as_floats(json_format.MessageToDict(stored.metadata))
+    assert (through_client.email, through_client.first_name, through_client.last_name) == (
+        stored.email,
+        stored.first_name,
+        stored.last_name,
+    )
+    written.user_ids.add(stored.user_id)
+
+
+def read_back_session(
+    sessions: sessions_pb2_grpc.SessionServiceStub,
+    client: MemstoreClient,
+    written: Written,
+    stored: sessions_pb2.Session,
+) -> None:
+    fetched = sessions.GetSession(
+        sessions_pb2.GetSessionRequest(session_id=stored.session_id), timeout=TIMEOUT
+    ).session
+    assert fetched == stored
+    through_client = client.session.get(stored.session_id)
+    assert as_floats(through_client.metadata) == as_floats(json_format.MessageToDict(stored.metadata))
+    written.session_ids.add(stored.session_id)
 
 
 pytestmark = pytest.mark.usefixtures("seeded")
@@ -180,6 +261,8 @@ def test_create_user(
     users: users_pb2_grpc.UserServiceStub,
     db: peewee.Database,
     tally: Tally,
+    python_client: MemstoreClient,
+    written: Written,
     user_id: str,
     email: str,
     first: str,
@@ -189,7 +272,9 @@ def test_create_user(
     request = users_pb2.CreateUserRequest(
         user_id=user_id, email=email, first_name=first, last_name=last, metadata=struct(metadata)
     )
-    check(db, tally, lambda: users.CreateUser(request, timeout=TIMEOUT))
+    created = check(db, tally, lambda: users.CreateUser(request, timeout=TIMEOUT))
+    if created is not None:
+        read_back_user(users, python_client, written, created.user)
 
 
 @FUZZ
@@ -204,6 +289,8 @@ def test_update_user(
     users: users_pb2_grpc.UserServiceStub,
     db: peewee.Database,
     tally: Tally,
+    python_client: MemstoreClient,
+    written: Written,
     user_id: str,
     email: str | None,
     first: str | None,
@@ -213,7 +300,9 @@ def test_update_user(
     request = users_pb2.UpdateUserRequest(
         user_id=user_id, email=email, first_name=first, metadata=struct(metadata), update_mask=mask(paths)
     )
-    check(db, tally, lambda: users.UpdateUser(request, timeout=TIMEOUT))
+    updated = check(db, tally, lambda: users.UpdateUser(request, timeout=TIMEOUT))
+    if updated is not None:
+        read_back_user(users, python_client, written, updated.user)
 
 
 @FUZZ
@@ -267,6 +356,8 @@ def test_sessions(
     sessions: sessions_pb2_grpc.SessionServiceStub,
     db: peewee.Database,
     tally: Tally,
+    python_client: MemstoreClient,
+    written: Written,
     session_id: str,
     user_id: str,
     metadata: dict[str, Any] | None,
@@ -285,7 +376,9 @@ def test_sessions(
         "GetSession": sessions_pb2.GetSessionRequest(session_id=session_id),
         "ListSessions": sessions_pb2.ListSessionsRequest(limit=limit, cursor=cursor, user_id=user_id),
     }
-    check(db, tally, lambda: getattr(sessions, rpc)(requests[rpc], timeout=TIMEOUT))
+    response = check(db, tally, lambda: getattr(sessions, rpc)(requests[rpc], timeout=TIMEOUT))
+    if response is not None and rpc in ("CreateSession", "UpdateSession"):
+        read_back_session(sessions, python_client, written, response.session)
 
 
 @FUZZ
@@ -314,6 +407,137 @@ def test_raw_bytes(
     """Any bytes at all (invalid UTF-8, encoded lone surrogates, cut-off fields): a client error at worst."""
     raw = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
     check(db, tally, lambda: raw(payload, timeout=TIMEOUT))
+
+
+@FUZZ
+@given(depth=st.integers(1, 64))
+def test_metadata_of_any_depth(
+    channel: grpc.Channel,
+    users: users_pb2_grpc.UserServiceStub,
+    db: peewee.Database,
+    tally: Tally,
+    python_client: MemstoreClient,
+    written: Written,
+    depth: int,
+) -> None:
+    """Nesting up to 64 levels, sent as bytes (deeper than this client builds): accepted exactly
+    up to the documented depth, and then readable everywhere."""
+    create = channel.unary_unary(
+        "/memstore.v1.UserService/CreateUser",
+        request_serializer=None,
+        response_deserializer=users_pb2.CreateUserResponse.FromString,
+    )
+    created = check(
+        db, tally, lambda: create(create_user_request_nested(unique("fuzz-deep"), depth), timeout=TIMEOUT)
+    )
+    assert (created is not None) == (depth <= MAX_METADATA_DEPTH)
+    if created is not None:
+        read_back_user(users, python_client, written, created.user)
+
+
+TYPESCRIPT_CLIENT = Path(__file__).resolve().parent.parent / "client" / "typescript"
+# Reads what it is given through the TypeScript client, and the whole table with
+# listChunked, and prints it all as JSON: any response it cannot parse fails it.
+_READ_BACK_SCRIPT = """
+import { MemstoreClient } from %s;
+const input = JSON.parse(await new Promise((done) => {
+  let text = ""; process.stdin.on("data", (d) => (text += d)); process.stdin.on("end", () => done(text));
+}));
+const client = new MemstoreClient({ address: input.address });
+const users = {}, sessions = {};
+for (const id of input.user_ids) {
+  const u = await client.user.get(id);
+  users[id] = { email: u.email, first_name: u.first_name, last_name: u.last_name, metadata: u.metadata };
+}
+for (const id of input.session_ids) sessions[id] = { metadata: (await client.session.get(id)).metadata };
+let streamed = 0;
+for await (const chunk of client.user.listChunked(1000)) streamed += chunk.length;
+let paged = 0;
+for (let cursor = 0; ; ) {
+  const page = await client.user.list(1000, cursor);
+  paged += page.length;
+  if (page.length === 0) break;
+  cursor = page[page.length - 1].id;
+}
+client.close();
+process.stdout.write(JSON.stringify({ users, sessions, streamed, paged }));
+"""
+
+
+def _built_typescript_client() -> Path:
+    """The TypeScript client's entry point, built from this checkout (npm ci first if needed)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed for the TypeScript client")
+    npm = ["npm", "--no-audit", "--no-fund"]
+    if not (TYPESCRIPT_CLIENT / "node_modules").is_dir():
+        subprocess.run([*npm, "ci"], cwd=TYPESCRIPT_CLIENT, check=True, capture_output=True, timeout=900)
+    subprocess.run(
+        [*npm, "run", "build"], cwd=TYPESCRIPT_CLIENT, check=True, capture_output=True, timeout=600
+    )
+    return TYPESCRIPT_CLIENT / "dist" / "index.js"
+
+
+def test_everything_accepted_reads_back_in_the_typescript_client(
+    server: ServerAddress,
+    users: users_pb2_grpc.UserServiceStub,
+    sessions: sessions_pb2_grpc.SessionServiceStub,
+    db: peewee.Database,
+    written: Written,
+    tmp_path: Path,
+) -> None:
+    assert written.user_ids, "the fuzzing stored no user to read back"
+    entry = _built_typescript_client()
+    script = tmp_path / "read-back.mjs"
+    script.write_text(_READ_BACK_SCRIPT % json.dumps(entry.as_uri()))
+    user_ids = sorted(
+        u for u in written.user_ids if _exists(users.GetUser, users_pb2.GetUserRequest(user_id=u))
+    )
+    session_ids = sorted(
+        s
+        for s in written.session_ids
+        if _exists(sessions.GetSession, sessions_pb2.GetSessionRequest(session_id=s))
+    )
+    request = {"address": server.target, "user_ids": user_ids, "session_ids": session_ids}
+    result = subprocess.run(
+        ["node", str(script)],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    read = json.loads(result.stdout)
+    for user_id in user_ids:
+        stored = users.GetUser(users_pb2.GetUserRequest(user_id=user_id), timeout=TIMEOUT).user
+        got = read["users"][user_id]
+        assert (got["email"], got["first_name"], got["last_name"]) == (
+            stored.email,
+            stored.first_name,
+            stored.last_name,
+        )
+        assert as_floats(got["metadata"]) == as_floats(json_format.MessageToDict(stored.metadata)), user_id
+    for session_id in session_ids:
+        stored_session = sessions.GetSession(
+            sessions_pb2.GetSessionRequest(session_id=session_id), timeout=TIMEOUT
+        ).session
+        assert as_floats(read["sessions"][session_id]["metadata"]) == as_floats(
+            json_format.MessageToDict(stored_session.metadata)
+        )
+    with db.connection_context():
+        (total,) = db.execute_sql("SELECT count(*) FROM users").fetchone()
+    assert read["streamed"] == total
+    assert read["paged"] == total
+
+
+def _exists(call: Callable[..., Any], request: Any) -> bool:
+    try:
+        call(request, timeout=TIMEOUT)
+    except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
 
 
 def test_server_is_healthy_after_the_fuzzing(

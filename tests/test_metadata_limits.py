@@ -24,7 +24,7 @@ from memstore_server.store import user_messages
 from memstore_server.store.rows import USER_COLUMNS
 from memstore_server.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, metadata_size
 
-from tests.support import TIMEOUT, expect_error, struct, unique
+from tests.support import TIMEOUT, create_user_request_nested, expect_error, struct, unique
 
 
 def nested_objects(depth: int) -> dict[str, Any]:
@@ -132,27 +132,6 @@ def test_metadata_deeper_than_the_limit_is_refused_naming_the_field(
     assert list(session_details.violations) == [field]
 
 
-def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    """One length-delimited protobuf field, encoded by hand."""
-    length, size = b"", len(payload)
-    while True:
-        byte, size = size & 0x7F, size >> 7
-        length += bytes([byte | (0x80 if size else 0)])
-        if not size:
-            return bytes([field_number << 3 | 2]) + length + payload
-
-
-def create_user_request_nested(depth: int) -> bytes:
-    """A CreateUserRequest whose metadata nests ``depth`` objects, built as bytes: no protobuf
-    library builds one deeper than its own parser would take."""
-    struct_bytes = b""
-    for _ in range(depth):
-        value = _length_delimited(5, struct_bytes)  # Value.struct_value
-        entry = _length_delimited(1, b"n") + _length_delimited(2, value)  # map entry: key, value
-        struct_bytes = _length_delimited(1, entry)  # Struct.fields
-    return _length_delimited(1, unique("abyss").encode()) + _length_delimited(5, struct_bytes)
-
-
 def test_metadata_deeper_than_any_parser_takes_gets_a_message_about_depth(channel: grpc.Channel) -> None:
     """Past about 33 levels the server's own parser refuses the request before validation."""
     create_user = channel.unary_unary(
@@ -160,14 +139,18 @@ def test_metadata_deeper_than_any_parser_takes_gets_a_message_about_depth(channe
         request_serializer=None,
         response_deserializer=users_pb2.CreateUserResponse.FromString,
     )
-    details = expect_error(create_user, create_user_request_nested(40), grpc.StatusCode.INVALID_ARGUMENT)
+    details = expect_error(
+        create_user, create_user_request_nested(unique("abyss"), 40), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert f"metadata may nest at most {MAX_METADATA_DEPTH} levels" in details.message
     assert "memstore.v1.CreateUserRequest" in details.message
     assert "upb" not in details.message
     assert "Error parsing" not in details.message
     # The same bytes a little shallower are a proper request, refused by the depth rule itself.
     shallower = expect_error(
-        create_user, create_user_request_nested(MAX_METADATA_DEPTH + 1), grpc.StatusCode.INVALID_ARGUMENT
+        create_user,
+        create_user_request_nested(unique("abyss"), MAX_METADATA_DEPTH + 1),
+        grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert list(shallower.violations) == ["metadata" + ".n" * MAX_METADATA_DEPTH]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import grpc
 import peewee
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server import logs, metrics, tracing
 from memstore_server.config import Settings
@@ -21,7 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import TIMEOUT, RunningServer, eventually, free_port, unique, wait_for
+from tests.support import TIMEOUT, RunningServer, ServerAddress, eventually, free_port, unique, wait_for
 
 USER_SERVICE = "memstore.v1.UserService"
 
@@ -227,3 +229,34 @@ def test_json_logs_carry_the_call_fields_and_never_the_token(
     refused = next(line for line in access if line["method"].endswith("/GetUser"))
     assert refused["code"] == "UNAUTHENTICATED"
     assert secret_key not in json_log.getvalue()
+
+
+def test_streams_are_logged_when_they_end_with_the_messages_they_sent(
+    users: users_pb2_grpc.UserServiceStub, server: ServerAddress, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A health Watch is one line when the watcher goes, with its whole duration; never OK at open."""
+    caplog.set_level(logging.INFO, logger="memstore_server.access")
+    for _ in range(3):
+        users.CreateUser(users_pb2.CreateUserRequest(user_id=unique("logged")), timeout=TIMEOUT)
+    with grpc.insecure_channel(server.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        time.sleep(0.4)
+        assert not [r for r in caplog.records if "Health/Watch" in r.getMessage()], "logged while still open"
+        watch.cancel()
+    chunks = list(users.ListUsersChunked(users_pb2.ListUsersChunkedRequest(chunk_size=1), timeout=TIMEOUT))
+
+    def line(method: str) -> str | None:
+        found = [r.getMessage() for r in list(caplog.records) if f"/{method} " in r.getMessage()]
+        return found[-1] if found else None
+
+    assert wait_for(lambda: line("Watch") is not None and line("ListUsersChunked") is not None)
+    watched = line("Watch")
+    assert watched is not None
+    assert " CANCELLED " in watched
+    assert " messages=1 " in watched
+    assert float(watched.split()[2].removesuffix("ms")) >= 400
+    streamed = line("ListUsersChunked")
+    assert streamed is not None
+    assert " OK " in streamed
+    assert f" messages={len(chunks)} " in streamed

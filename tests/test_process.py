@@ -212,3 +212,29 @@ def test_malformed_listen_address_is_a_usage_error(tmp_path: Path) -> None:
     assert "'nonsense'" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists(), "nothing may start before the flags are valid"
+
+
+def test_healthcheck_answers_for_a_serving_server_and_names_the_address_when_nothing_answers(
+    database_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    with running(["serve", "--database-url", database_url, "--listen", target], tmp_path) as server:
+        wait_until_serving(server, target)
+        serving = run_command(["healthcheck", "--listen", f"0.0.0.0:{port}"])
+        assert serving.returncode == 0, serving.stderr
+        assert serving.stdout.strip() == "SERVING"
+    nobody = f"127.0.0.1:{free_port()}"
+    absent = run_command(["healthcheck", "--listen", nobody, "--timeout", "1"])
+    assert absent.returncode == 1
+    assert f"nothing answered at {nobody}" in absent.stderr
+    assert "Traceback" not in absent.stderr
+
+
+def test_healthcheck_help_lists_only_its_own_flags() -> None:
+    shown = run_command(["healthcheck", "--help"])
+    assert shown.returncode == 0
+    assert "--listen" in shown.stdout
+    assert "--timeout" in shown.stdout
+    for foreign in ("--database-url", "--workers", "--jwt-secret", "--tls-cert", "--grace-period"):
+        assert foreign not in shown.stdout

@@ -33,17 +33,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, help_text in (
         ("serve", "apply pending migrations, then serve gRPC until SIGTERM or Ctrl-C"),
         ("migrate", "apply pending schema migrations and exit"),
-        ("healthcheck", "ask the server at --listen whether it is SERVING (exit 0) or not (exit 1)"),
     ):
         add_arguments(commands.add_parser(name, help=help_text), os.environ)
+    probe = commands.add_parser(
+        "healthcheck",
+        help="ask the server at --listen whether it is SERVING (exit 0) or not (exit 1)",
+        description="Ask the gRPC health service of the server at --listen (in plaintext; "
+        "a wildcard host is asked on 127.0.0.1) whether it is SERVING: exit 0, else exit 1.",
+    )
+    add_arguments(probe, os.environ, only=("listen",))
+    probe.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)")
     args = parser.parse_args(argv)
+    if args.command == "healthcheck":
+        return healthcheck(args.listen, args.timeout)
     try:
         settings = settings_from_args(args)
     except ConfigError as error:
         parser.error(str(error))
     logs.configure(settings.log_level, settings.log_format)
-    if args.command == "healthcheck":
-        return healthcheck(settings.listen)
     try:
         with lifecycle.database(settings) as (db, url):
             applied = migrate(db)
@@ -71,13 +78,22 @@ def healthcheck(listen: str, timeout: float = 3.0) -> int:
     host, _, port = listen.rpartition(":")
     if host in ("0.0.0.0", "[::]", "::", ""):
         host = "127.0.0.1"
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
+    target = f"{host}:{port}"
+    with grpc.insecure_channel(target) as channel:
         try:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout
             )
         except grpc.RpcError as error:
-            print(f"not serving: {error.code().name}", file=sys.stderr)
+            code = error.code().name
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                print(
+                    f"not serving: nothing answered at {target} within {timeout:g}s ({code}); "
+                    "is memstore-server running there? (--listen / MEMSTORE_LISTEN)",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"not serving: {target} answered {code}: {error.details()}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,13 +263,18 @@ def _check_database_url(url: str) -> None:
         ) from error
 
 
-def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-    """Declare every flag, each defaulting to its MEMSTORE_* variable, then to the built-in default.
+def add_arguments(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], only: Collection[str] | None = None
+) -> None:
+    """Declare every flag (or those of the settings named in ``only``), each defaulting to
+    its MEMSTORE_* variable, then to the built-in default.
 
     A variable's text goes through the same parser as the flag's, so a bad value from
     the environment is rejected exactly as the same value given as a flag would be.
     """
     for name, option in OPTIONS.items():
+        if only is not None and name not in only:
+            continue
         shown = default_text(name)
         default: Any = _DEFAULTS[name]
         if environ.get(option.env):

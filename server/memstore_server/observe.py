@@ -26,6 +26,25 @@ access_logger = logging.getLogger("memstore_server.access")
 
 _CODES_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 _ACCESS_FORMAT = "%s %s %.1fms peer=%s request_id=%s"
+# A response stream's line also says how many messages it sent, since it is written when it ends.
+_STREAM_ACCESS_FORMAT = "%s %s %.1fms messages=%d peer=%s request_id=%s"
+
+
+class _CountedWrites:
+    """The call's context, counting the messages written to a response stream."""
+
+    def __init__(self, context: Any, sent: Any) -> None:
+        self._context = context
+        self._sent = sent
+        self.count = 0
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self.count += 1
+        self._sent.inc()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 def status_of(context: Any, fallback: grpc.StatusCode) -> grpc.StatusCode:
@@ -47,8 +66,9 @@ def _incoming_request_id(context: Any) -> str | None:
 
 def observe(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
     """Gives each call its request id (the caller's ``x-request-id`` when sane) and, when it
-    ends with whatever status, logs one line (method, code, duration, peer, request id),
-    records the go-grpc-prometheus series and sets the span's status."""
+    ends with whatever status, logs one line (method, code, duration, peer, request id,
+    and for a response stream the messages it sent), records the go-grpc-prometheus
+    series and sets the span's status."""
     labels = (info.rpc_type, info.service, info.method)
     started_total = metrics.STARTED.labels(*labels)
     received = metrics.MSG_RECEIVED.labels(*labels)
@@ -60,7 +80,9 @@ def observe(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
     full_method = info.full_method
     streams_responses = info.response_streaming
 
-    def finish(context: Any, started: float, request_id: str, code: grpc.StatusCode) -> None:
+    def finish(
+        context: Any, started: float, request_id: str, code: grpc.StatusCode, writes: _CountedWrites | None
+    ) -> None:
         elapsed = time.perf_counter() - started
         handled[code].inc()
         handling.observe(elapsed)
@@ -71,21 +93,8 @@ def observe(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
             if code is not grpc.StatusCode.OK:
                 span.set_status(Status(StatusCode.ERROR, code.name))
         if access_logger.isEnabledFor(logging.INFO):
-            peer = context.peer()
-            milliseconds = elapsed * 1000
-            logs.info_later(
-                access_logger,
-                _ACCESS_FORMAT,
-                (full_method, code.name, milliseconds, peer, request_id),
-                {
-                    "method": full_method,
-                    "code": code.name,
-                    "duration_ms": round(milliseconds, 3),
-                    "peer": peer,
-                    "request_id": request_id,
-                    "trace_id": request_context.trace_id(),
-                },
-            )
+            line = (full_method, code.name, elapsed * 1000, context.peer(), request_id)
+            _log_access(line, messages=None if writes is None else writes.count)
 
     async def observed(request: Any, context: Any) -> Any:
         started = time.perf_counter()
@@ -96,23 +105,44 @@ def observe(behaviour: Behaviour, info: MethodInfo) -> Behaviour:
             request = _counted(request, received)
         else:
             received.inc()
+        writes = _CountedWrites(context, sent) if streams_responses else None
         try:
-            result = await behaviour(request, context)
+            result = await behaviour(request, context if writes is None else writes)
         except asyncio.CancelledError:
             remaining = context.time_remaining()
             expired = remaining is not None and remaining <= 0
             ended = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            finish(context, started, request_id, status_of(context, ended))
+            finish(context, started, request_id, status_of(context, ended), writes)
             raise
         except BaseException:
-            finish(context, started, request_id, status_of(context, grpc.StatusCode.UNKNOWN))
+            finish(context, started, request_id, status_of(context, grpc.StatusCode.UNKNOWN), writes)
             raise
-        if not streams_responses:
-            sent.inc()  # a stream's messages are counted as they are written (streams.py)
-        finish(context, started, request_id, status_of(context, grpc.StatusCode.OK))
+        if writes is None:
+            sent.inc()
+        finish(context, started, request_id, status_of(context, grpc.StatusCode.OK), writes)
         return result
 
     return observed
+
+
+def _log_access(line: tuple[str, str, float, str, str], *, messages: int | None) -> None:
+    """Hand the call's access-log line (method, code, milliseconds, peer, request id) to
+    the log's writer thread (see logs.info_later)."""
+    full_method, code, milliseconds, peer, request_id = line
+    fields: dict[str, Any] = {
+        "method": full_method,
+        "code": code,
+        "duration_ms": round(milliseconds, 3),
+        "peer": peer,
+        "request_id": request_id,
+        "trace_id": request_context.trace_id(),
+    }
+    if messages is None:
+        logs.info_later(access_logger, _ACCESS_FORMAT, line, fields)
+        return
+    fields["messages_sent"] = messages
+    arguments = (full_method, code, milliseconds, messages, peer, request_id)
+    logs.info_later(access_logger, _STREAM_ACCESS_FORMAT, arguments, fields)
 
 
 async def _counted(requests: AsyncIterator[Any], received: Any) -> AsyncIterator[Any]:

@@ -41,10 +41,9 @@ class StreamGone(Exception):
 class _StreamContext:
     """The call's context, with writes that give up on a client that stopped reading."""
 
-    def __init__(self, context: Any, stall_timeout: float, sent: Any) -> None:
+    def __init__(self, context: Any, stall_timeout: float) -> None:
         self._context = context
         self._stall_timeout = stall_timeout
-        self._sent = sent
 
     async def write(self, message: Any) -> None:
         try:
@@ -55,7 +54,6 @@ class _StreamContext:
             raise
         except Exception as error:  # gRPC's own errors of a call that ended under us
             raise StreamGone(str(error)) from error
-        self._sent.inc()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -80,7 +78,6 @@ class StreamLimits:
         return wrap
 
     def _limited(self, behaviour: Behaviour, info: MethodInfo) -> Behaviour:
-        sent = metrics.MSG_SENT.labels(info.rpc_type, info.service, info.method)
         full_method = info.full_method
 
         async def limited(request: Any, context: Any) -> Any:
@@ -98,7 +95,7 @@ class StreamLimits:
             self.open += 1
             metrics.OPEN_STREAMS.inc()
             try:
-                return await behaviour(request, _StreamContext(context, self.stall_timeout, sent))
+                return await behaviour(request, _StreamContext(context, self.stall_timeout))
             except StreamStalled:
                 logger.warning(
                     "cancelled %s: the client read nothing for %gs (--stream-stall-timeout), peer %s",
