@@ -60,7 +60,9 @@ def acceptable_json(value: Any) -> bool:
     if isinstance(value, list):
         return all(acceptable_json(item) for item in value)
     if isinstance(value, dict):
-        return all("\x00" not in key and acceptable_json(item) for key, item in value.items())
+        return all(
+            "\x00" not in key and key != "__proto__" and acceptable_json(item) for key, item in value.items()
+        )
     return True
 
 
@@ -181,6 +183,7 @@ def test_metadata_size_limit_is_exact(users: users_pb2_grpc.UserServiceStub) -> 
         ({"value": "nul\x00"}, "metadata.value"),
         ({"deep": {"list": [1, float("nan")]}}, "metadata.deep.list[1]"),
         ({"inf": float("inf")}, "metadata.inf"),
+        ({"deep": {"__proto__": 1}}, "metadata.deep.__proto__"),
         ({"neg": float("-inf")}, "metadata.neg"),
     ],
 )

@@ -29,6 +29,8 @@ MAX_METADATA_BYTES = 64 * 1024
 MAX_METADATA_DEPTH = 20
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# The one object key a JavaScript client (protobuf-es builds objects by assignment) loses.
+_UNREADABLE_KEY = "__proto__"
 # Integral doubles below this are stored as JSON integers, so they read back as written.
 _EXACT_INTEGER_LIMIT = 2**53
 
@@ -178,6 +180,13 @@ class RequestChecker:
             item_path = f"{path}.{key}"
             if "\x00" in key:
                 self.fail(path, "keys must not contain NUL characters")
+                continue
+            if key == _UNREADABLE_KEY:
+                self.fail(
+                    item_path,
+                    f"the key {_UNREADABLE_KEY!r} is not allowed: JavaScript clients cannot read it back "
+                    "(assigning it sets an object's prototype instead of a property)",
+                )
                 continue
             result[key] = self._value(item_path, item, depth)
         return result

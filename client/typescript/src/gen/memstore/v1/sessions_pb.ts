@@ -40,8 +40,9 @@ export type Session = Message<"memstore.v1.Session"> & {
    * Free-form JSON object attached to the session; at most 64 KiB as compact
    * JSON with every number written out in full, as stored (`1e300` counts
    * 301 bytes); objects and lists nested at most 20 levels deep, the
-   * object itself being level 1; no NUL characters, no NaN or infinite
-   * numbers. INVALID_ARGUMENT otherwise, naming the offending field.
+   * object itself being level 1; no NUL characters, no key `__proto__`
+   * (JavaScript clients cannot read it back), no NaN or infinite numbers.
+   * INVALID_ARGUMENT otherwise, naming the offending field.
    *
    * @generated from field: google.protobuf.Struct metadata = 3;
    */
@@ -111,8 +112,9 @@ export type CreateSessionRequest = Message<"memstore.v1.CreateSessionRequest"> &
    * Optional. JSON object to store with the session; at most 64 KiB as compact
    * JSON with every number written out in full, as stored (`1e300` counts
    * 301 bytes); objects and lists nested at most 20 levels deep, the
-   * object itself being level 1; no NUL characters, no NaN or infinite
-   * numbers. INVALID_ARGUMENT otherwise, naming the offending field.
+   * object itself being level 1; no NUL characters, no key `__proto__`
+   * (JavaScript clients cannot read it back), no NaN or infinite numbers.
+   * INVALID_ARGUMENT otherwise, naming the offending field.
    *
    * @generated from field: google.protobuf.Struct metadata = 3;
    */

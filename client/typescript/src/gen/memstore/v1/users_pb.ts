@@ -56,8 +56,9 @@ export type User = Message<"memstore.v1.User"> & {
    * Free-form JSON object attached to the user; at most 64 KiB as compact
    * JSON with every number written out in full, as stored (`1e300` counts
    * 301 bytes); objects and lists nested at most 20 levels deep, the
-   * object itself being level 1; no NUL characters, no NaN or infinite
-   * numbers. INVALID_ARGUMENT otherwise, naming the offending field.
+   * object itself being level 1; no NUL characters, no key `__proto__`
+   * (JavaScript clients cannot read it back), no NaN or infinite numbers.
+   * INVALID_ARGUMENT otherwise, naming the offending field.
    *
    * @generated from field: google.protobuf.Struct metadata = 5;
    */
@@ -148,8 +149,9 @@ export type CreateUserRequest = Message<"memstore.v1.CreateUserRequest"> & {
    * Optional. JSON object to store with the user; at most 64 KiB as compact
    * JSON with every number written out in full, as stored (`1e300` counts
    * 301 bytes); objects and lists nested at most 20 levels deep, the
-   * object itself being level 1; no NUL characters, no NaN or infinite
-   * numbers. INVALID_ARGUMENT otherwise, naming the offending field.
+   * object itself being level 1; no NUL characters, no key `__proto__`
+   * (JavaScript clients cannot read it back), no NaN or infinite numbers.
+   * INVALID_ARGUMENT otherwise, naming the offending field.
    *
    * @generated from field: google.protobuf.Struct metadata = 5;
    */
