@@ -105,6 +105,7 @@ def _plan(db: peewee.Database, query: str, params: tuple[object, ...]) -> str:
     [
         (user_queries._GET_MESSAGES.text, (["u", "v"],), "users_user_id_key"),
         (user_queries._LIST_MESSAGES.text, (0, 10), "users_pkey"),
+        (user_queries._FRAMED_PAGE, (b"\x0a", 0, 10), "users_pkey"),
         (user_queries._USER_SESSIONS, (0, 10, "u"), "sessions_user_id_id_idx"),
         (session_queries._GET_SESSION, ("s",), "sessions_session_id_key"),
         (session_queries._LIST_SESSIONS, (0, 10), "sessions_pkey"),
@@ -120,3 +121,11 @@ def test_every_query_is_served_by_an_index(
     assert index in plan, plan
     assert "Seq Scan" not in plan, plan
     assert "Sort" not in plan, plan  # the index already yields id order
+
+
+def test_a_range_of_users_is_read_through_the_primary_key(db: peewee.Database) -> None:
+    """The rare re-read of a stream page (store.users.users_through): by its id range, whatever
+    the plan's shape (a bitmap scan and a sort of one page are fine)."""
+    plan = _plan(db, user_queries._LIST_MESSAGES_THROUGH.text, (0, 10))
+    assert "users_pkey" in plan, plan
+    assert "Seq Scan" not in plan, plan

@@ -103,6 +103,10 @@ def test_a_user_without_stored_bytes_is_still_served_and_refill_restores_them(
         users_pb2.ListUsersRequest(cursor=created.id - 1, limit=1), timeout=TIMEOUT
     ).users
     assert list(listed) == [created]
+    streamed = users.ListUsersChunked(
+        users_pb2.ListUsersChunkedRequest(cursor=created.id - 1, chunk_size=10), timeout=TIMEOUT
+    )
+    assert [user for chunk in streamed for user in chunk.users][:1] == [created]
     with db.connection_context(), db.atomic():
         assert user_messages.refill(db) >= 1
     assert assert_fresh(db, user_id) == created

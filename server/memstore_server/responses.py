@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from memstore.v1 import sessions_pb2, users_pb2
 
 from memstore_server.store.pages import Page
+from memstore_server.store.users import FramedUsers, KeysetPage, frame
 
 _USER = users_pb2.User.DESCRIPTOR.full_name
 _PRIVATE_POOL = descriptor_pool.DescriptorPool()
@@ -64,6 +65,9 @@ _LIST_USERS_CHUNKED = _bytes_twin(users_pb2.ListUsersChunkedResponse)
 _USERS_FIELD = users_pb2.ListUsersChunkedResponse.DESCRIPTOR.fields_by_name["users"].number
 _LIST_SESSIONS_FIELD = sessions_pb2.ListSessionsResponse.DESCRIPTOR.fields_by_name["sessions"].number
 _USER_SESSIONS_FIELD = users_pb2.GetUserSessionsResponse.DESCRIPTOR.fields_by_name["sessions"].number
+# The tag of ListUsersChunkedResponse.users on the wire (field number, wire type 2), for
+# stream pages that PostgreSQL frames (store.users.FramedUsers); one byte below field 16.
+CHUNK_USERS_TAG = bytes([(_USERS_FIELD << 3) | 2])
 # Room kept in every page and streamed message for its next_cursor field: its tag and a 10-byte varint.
 _NEXT_CURSOR_ROOM = 11
 
@@ -135,6 +139,23 @@ def split(users: Sequence[bytes], max_bytes: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def chunk(users: Sequence[bytes], next_cursor: int) -> bytes:
-    """A serialized ListUsersChunkedResponse."""
-    return _LIST_USERS_CHUNKED(users=users, next_cursor=next_cursor).SerializeToString()
+def fits(page: FramedUsers, max_bytes: int) -> bool:
+    """Whether ``page`` goes out as one ListUsersChunkedResponse of at most ``max_bytes``."""
+    return len(page.frames) <= max_bytes - _NEXT_CURSOR_ROOM
+
+
+def framed_chunk(frames: bytes, next_cursor: int) -> bytes:
+    """A serialized ListUsersChunkedResponse of users already framed with CHUNK_USERS_TAG.
+
+    A message's serialized fields may come in any order, so the frames are followed
+    by the serialized next_cursor, as protobuf itself would merge them."""
+    return frames + _LIST_USERS_CHUNKED(next_cursor=next_cursor).SerializeToString()
+
+
+def chunks_of(users: KeysetPage, max_bytes: int) -> list[tuple[bytes, int, int]]:
+    """``users`` cut into framed pieces that each fit one ListUsersChunkedResponse of at most
+    ``max_bytes``: (frames, how many users, id of the last) for each, in order."""
+    return [
+        (frame(CHUNK_USERS_TAG, users.users[start:end]), end - start, users.ids[end - 1])
+        for start, end in split(users.users, max_bytes)
+    ]

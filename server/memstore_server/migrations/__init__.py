@@ -32,9 +32,19 @@ class Migration:
 
 
 def _all_migrations() -> tuple[Migration, ...]:
-    from memstore_server.migrations import m0001_initial, m0002_user_message, m0003_one_creation_time
+    from memstore_server.migrations import (
+        m0001_initial,
+        m0002_user_message,
+        m0003_one_creation_time,
+        m0006_message_length_varint,
+    )
 
-    found = (m0001_initial.MIGRATION, m0002_user_message.MIGRATION, m0003_one_creation_time.MIGRATION)
+    found = (
+        m0001_initial.MIGRATION,
+        m0002_user_message.MIGRATION,
+        m0003_one_creation_time.MIGRATION,
+        m0006_message_length_varint.MIGRATION,
+    )
     versions = [migration.version for migration in found]
     assert versions == sorted(set(versions)), "migration versions must be unique and ordered"
     return found

@@ -16,7 +16,7 @@ from memstore_server import metrics, responses
 from memstore_server.blocking import Blocking
 from memstore_server.coalescing import PointReads
 from memstore_server.errors import user_not_found
-from memstore_server.store.users import KeysetPage, UserChanges, UserStore
+from memstore_server.store.users import FramedUsers, UserChanges, UserStore
 from memstore_server.validation import RequestChecker
 
 _UPDATABLE_USER_FIELDS = ("email", "first_name", "last_name", "metadata")
@@ -101,38 +101,53 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     async def ListUsersChunked(  # noqa: N802
         self, request: users_pb2.ListUsersChunkedRequest, context: Any
     ) -> AsyncIterator[bytes]:
-        """Every user after the cursor, in keyset pages of ``chunk_size``.
+        """Every user after the cursor, in keyset pages of ``chunk_size``, framed by PostgreSQL.
 
-        The next page is fetched while the current one is being sent, and its
-        arrival tells whether the current one is the last (next_cursor 0). When
-        the call ends early (cancelled, past its deadline), the fetch still
-        running is cancelled with it, so no further page is read.
+        One page is always being fetched while the one before it is sent: the
+        arrival of page N+1 tells whether page N is the last (next_cursor 0), and
+        page N+2 is asked for before page N is written, so the database and the
+        client work at the same time. When the call ends early (cancelled, past
+        its deadline), the fetch still running is cancelled with it, so no
+        further page is read.
         """
         check = RequestChecker()
         chunk_size = check.page_size("chunk_size", request.chunk_size)
         cursor = check.cursor("cursor", request.cursor)
         check.raise_if_any()
-        page = await self._run(self._store.keyset_page, cursor, chunk_size)
-        following: asyncio.Future[KeysetPage] | None = None
+
+        def fetch(after: int) -> asyncio.Future[FramedUsers]:
+            return asyncio.ensure_future(
+                self._run(self._store.framed_page, after, chunk_size, responses.CHUNK_USERS_TAG)
+            )
+
+        page = await self._run(self._store.framed_page, cursor, chunk_size, responses.CHUNK_USERS_TAG)
+        following = fetch(page.last_id) if page.count else None
         try:
-            while page.ids:
-                following = asyncio.ensure_future(
-                    self._run(self._store.keyset_page, page.ids[-1], chunk_size)
-                )
-                ranges = responses.split(page.users, self._max_message_bytes)
-                for start, end in ranges[:-1]:
-                    yield responses.chunk(page.users[start:end], page.ids[end - 1])
-                    metrics.USERS_STREAMED.inc(end - start)
+            while following is not None:
+                pieces = await self._fitting(page)
                 next_page = await following
-                following = None
-                start, end = ranges[-1]
+                following = fetch(next_page.last_id) if next_page.count else None
+                for frames, count, last_id in pieces[:-1]:
+                    yield responses.framed_chunk(frames, last_id)
+                    metrics.USERS_STREAMED.inc(count)
+                frames, count, _ = pieces[-1]
                 # The stream's very last message says so with next_cursor 0.
-                yield responses.chunk(page.users[start:end], page.ids[-1] if next_page.ids else 0)
-                metrics.USERS_STREAMED.inc(end - start)
+                yield responses.framed_chunk(frames, page.last_id if next_page.count else 0)
+                metrics.USERS_STREAMED.inc(count)
                 page = next_page
         finally:
             if following is not None:
                 following.cancel()
+
+    async def _fitting(self, page: FramedUsers) -> list[tuple[bytes, int, int]]:
+        """``page`` as pieces that each fit one message: itself, or (when its users are too
+        large together, which few are) the same ids read again user by user and cut."""
+        if responses.fits(page, self._max_message_bytes):
+            return [(page.frames, page.count, page.last_id)]
+        users = await self._run(self._store.users_through, page.after, page.last_id)
+        if not users.ids:  # every one of them deleted in between
+            return [(b"", 0, page.last_id)]
+        return responses.chunks_of(users, self._max_message_bytes)
 
     async def GetUserSessions(  # noqa: N802
         self, request: users_pb2.GetUserSessionsRequest, context: Any

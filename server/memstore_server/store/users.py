@@ -18,7 +18,7 @@ from memstore.v1 import sessions_pb2
 from memstore_server.database import connection
 from memstore_server.errors import AlreadyExists, user_not_found
 from memstore_server.models import User
-from memstore_server.store import user_messages
+from memstore_server.store import binary_copy, user_messages
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.pages import Page, split_page
 from memstore_server.store.prepared import Prepared
@@ -35,6 +35,21 @@ _LIST_MESSAGES = Prepared(
     ("bigint", "bigint"),
     "SELECT id, message FROM users WHERE id > $1 ORDER BY id LIMIT $2",
 )
+_LIST_MESSAGES_THROUGH = Prepared(
+    "memstore_list_users_through",
+    ("bigint", "bigint"),
+    "SELECT id, message FROM users WHERE id > $1 AND id <= $2 ORDER BY id",
+)
+# A page of users as one value: per user, a field's tag, the length of its stored
+# bytes as a varint (a generated column: migrations/m0006_message_length_varint.py),
+# and the bytes. Read through binary COPY, so the value is not hex-encoded on its
+# way (binary_copy.py).
+_FRAMED_PAGE = (
+    "SELECT count(*), max(id), bool_and(message IS NOT NULL), "
+    "string_agg(%s || message_length_varint || message, ''::bytea ORDER BY id) "
+    "FROM (SELECT id, message, message_length_varint FROM users WHERE id > %s ORDER BY id LIMIT %s) AS page"
+)
+_FRAMED_PAGE_COLUMNS = (binary_copy.int8, binary_copy.int8, binary_copy.boolean, binary_copy.bytea)
 # One round trip: no row when the user does not exist, one all-NULL row when it
 # has no session (after the cursor), else one row per session of the page.
 _USER_SESSIONS = f"""
@@ -70,6 +85,35 @@ class KeysetPage:
 
     ids: list[int]
     users: list[bytes]
+
+
+@dataclass(frozen=True)
+class FramedUsers:
+    """Users in id order as one run of length-delimited protobuf fields (tag, length, stored bytes).
+
+    Such a run is what a message's repeated User field holds on the wire, so a
+    response is these bytes plus its other fields; nothing is done per user in
+    Python. ``after`` and ``last_id`` bound the ids the run covers.
+    """
+
+    frames: bytes
+    count: int
+    after: int
+    last_id: int
+
+
+def frame(tag: bytes, payloads: Sequence[bytes]) -> bytes:
+    """``payloads`` as length-delimited fields with ``tag``: what _FRAMED_PAGE builds in SQL."""
+    return b"".join(tag + _varint(len(payload)) + payload for payload in payloads)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 class UserStore:
@@ -151,15 +195,26 @@ class UserStore:
             found = self._messages(db, page)
             return Page([message for _, message in found], [id_ for id_, _ in found], more)
 
-    def keyset_page(self, after: int, size: int) -> KeysetPage:
-        """Up to ``size`` users after the id ``after``, with their ids: one page of a stream.
+    def framed_page(self, after: int, size: int, tag: bytes) -> FramedUsers:
+        """Up to ``size`` users after the id ``after``, framed as fields with ``tag``: one page of
+        a stream, built by PostgreSQL in one value (see FramedUsers).
 
         Each page is read on a connection held only while it is fetched, so a
         slow reader of a stream never pins a pooled connection.
         """
         with connection(self._db) as db:
-            rows = _LIST_MESSAGES.execute(db, (after, size)).fetchall()
-            found = self._messages(db, rows)
+            count, last_id, complete, frames = binary_copy.first_row(
+                db, _FRAMED_PAGE, (tag, after, size), _FRAMED_PAGE_COLUMNS
+            )
+            if count and not complete:  # a user without stored bytes (none should be): frame in Python
+                found = self._messages(db, _LIST_MESSAGES_THROUGH.execute(db, (after, last_id)).fetchall())
+                return FramedUsers(frame(tag, [message for _, message in found]), len(found), after, last_id)
+        return FramedUsers(frames or b"", count, after, last_id or after)
+
+    def users_through(self, after: int, last_id: int) -> KeysetPage:
+        """Every user with an id after ``after`` up to ``last_id``: a FramedUsers run, user by user."""
+        with connection(self._db) as db:
+            found = self._messages(db, _LIST_MESSAGES_THROUGH.execute(db, (after, last_id)).fetchall())
         return KeysetPage([id_ for id_, _ in found], [message for _, message in found])
 
     def sessions(self, user_id: str, after: int, limit: int) -> Page[sessions_pb2.Session]:
