@@ -27,6 +27,7 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from memstore_server import lifecycle
 from memstore_server.app import ServerHandle, create_server
 from memstore_server.config import Settings
 from opentelemetry import trace
@@ -46,7 +47,7 @@ class LoopThread:
     """An event loop running in a background thread, for servers that tests call with blocking stubs."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = lifecycle.new_event_loop()  # the kind of loop the server process runs
         self._thread = threading.Thread(target=self._loop.run_forever, name="test-loop", daemon=True)
         self._thread.start()
 

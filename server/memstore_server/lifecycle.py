@@ -26,6 +26,11 @@ from memstore_server.config import Settings
 from memstore_server.database import open_database
 from memstore_server.embedded import EmbeddedPostgres
 
+try:  # not built for every platform (Windows): asyncio's own loop serves there
+    import uvloop
+except ImportError:  # pragma: no cover - installed wherever memstore is tested
+    uvloop = None  # type: ignore[assignment]
+
 logger = logging.getLogger("memstore_server")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -54,9 +59,24 @@ def database(settings: Settings) -> Iterator[tuple[PooledDatabase, str]]:
             embedded.stop()
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The kind of event loop servers run on: uvloop's where it is installed.
+
+    Most of a call's cost in this server is the event loop's own machinery
+    (tasks, futures, callbacks, the wake-ups from database threads), which
+    uvloop runs in C: measured with h2load on GetUser, about 15% less CPU per
+    call than asyncio's loop. Tests serve on the same kind of loop."""
+    return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+
+
 def run(settings: Settings, db: PooledDatabase, *, serve_metrics: bool = True) -> None:
-    """Serve until a signal asks to stop, then drain and return (see serve)."""
-    asyncio.run(serve(settings, db, serve_metrics=serve_metrics))
+    """Serve until a signal asks to stop, then drain and return (see serve), on the loop of
+    new_event_loop."""
+    serving = serve(settings, db, serve_metrics=serve_metrics)
+    if uvloop is not None:
+        uvloop.run(serving)
+    else:
+        asyncio.run(serving)
 
 
 async def serve(settings: Settings, db: PooledDatabase, *, serve_metrics: bool = True) -> None:
