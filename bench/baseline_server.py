@@ -62,12 +62,16 @@ def handlers() -> grpc.GenericRpcHandler[Any, Any]:
     )
 
 
-def bare_server(listen: str, handler: grpc.GenericRpcHandler[Any, Any]) -> grpc.aio.Server:
+def bare_server(
+    listen: str, handler: grpc.GenericRpcHandler[Any, Any], *, share_port: bool = False
+) -> grpc.aio.Server:
     """A grpc.aio server on ``listen`` with ``handler`` and a health service, not started.
 
-    Port reuse is off, so a second server cannot silently share a port a first one holds.
+    Port reuse is off unless ``share_port``, so a second server cannot silently share a
+    port a first one holds; with it, several processes share the port (SO_REUSEPORT) as
+    memstore's --workers do, which measures what two processes can do on this machine.
     """
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if share_port else 0)])
     server.add_generic_rpc_handlers((handler,))
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)  # SERVING for ""
     server.add_insecure_port(listen)
@@ -83,9 +87,9 @@ async def until_signalled() -> None:
     await stop.wait()
 
 
-async def serve(listen: str) -> None:
+async def serve(listen: str, *, share_port: bool = False) -> None:
     """Serve on ``listen`` until signalled, then stop within a second."""
-    server = bare_server(listen, handlers())
+    server = bare_server(listen, handlers(), share_port=share_port)
     await server.start()
     await until_signalled()
     await server.stop(1)
@@ -94,7 +98,11 @@ async def serve(listen: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--listen", required=True, help="HOST:PORT to serve on")
-    asyncio.run(serve(parser.parse_args().listen))
+    parser.add_argument(
+        "--share-port", action="store_true", help="let other processes serve the same port (SO_REUSEPORT)"
+    )
+    args = parser.parse_args()
+    asyncio.run(serve(args.listen, share_port=args.share_port))
 
 
 if __name__ == "__main__":

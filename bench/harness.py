@@ -47,9 +47,11 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def baseline_command(target: str) -> list[str]:
-    """The bare grpc.aio server of baseline_server.py on ``target``."""
-    return [sys.executable, str(BENCH / "baseline_server.py"), "--listen", target]
+def baseline_command(target: str, *, share_port: bool = False) -> list[str]:
+    """The bare grpc.aio server of baseline_server.py on ``target`` (sharing it with others
+    of its kind when ``share_port``)."""
+    command = [sys.executable, str(BENCH / "baseline_server.py"), "--listen", target]
+    return [*command, "--share-port"] if share_port else command
 
 
 @contextmanager

@@ -328,12 +328,21 @@ def measure_paging(run: Run, target: str) -> list[Figure]:
     return [page, chunk]
 
 
-def measure_workers(run: Run, one_target: str) -> Figure:
-    """GetUser on ``--workers 2`` against the single-process server already up at ``one_target``."""
+def measure_workers(run: Run, one_target: str, bare_target: str) -> list[Figure]:
+    """GetUser on ``--workers 2`` against the single-process server already up at ``one_target``,
+    and the same for the bare server: what two processes can add on this machine at all."""
     figure = Figure(
         f"GetUser requests/s, 2 server processes (--workers 2), h2load ({WORKERS_SHAPE}, one user)",
         "1 process (the same, without --workers)",
         target=">= 1.6",
+    )
+    ceiling = Figure(
+        f"bare grpc.aio server, 2 processes sharing the port, h2load ({WORKERS_SHAPE})",
+        "1 bare process",
+        target="",
+        note="no target: the most a second process adds on this machine, whatever it serves; "
+        "one grpc.aio process already keeps more than one core busy (gRPC's own threads run "
+        "outside the interpreter lock)",
     )
     two_target = local_target()
     with memstore(run, two_target, "memstore-workers", "--workers", "2"):
@@ -343,7 +352,21 @@ def measure_workers(run: Run, one_target: str) -> Figure:
             h2load_get_user(run, two_target, WORKERS_SHAPE),
             h2load_get_user(run, one_target, WORKERS_SHAPE),
         )
-    return figure
+    shared_target = local_target()
+    sharing = baseline_command(shared_target, share_port=True)
+    with (
+        server_process(sharing, shared_target, run.work / "bare-a.log") as first,
+        server_process(sharing, shared_target, run.work / "bare-b.log") as second,
+    ):
+        if first.poll() is not None or second.poll() is not None:
+            raise RuntimeError("a bare server sharing the port did not start: see bare-a.log, bare-b.log")
+        alternate(
+            ceiling,
+            run.runs,
+            h2load_get_user(run, shared_target, WORKERS_SHAPE),
+            h2load_get_user(run, bare_target, WORKERS_SHAPE),
+        )
+    return [figure, ceiling]
 
 
 def measure_create(run: Run, target: str, get_user: Figure) -> Figure:
@@ -376,7 +399,7 @@ def measure(run: Run) -> list[Figure]:
         rss.values, rss.baselines = [rss_mb(server.pid)], [idle]
         figures += [*measure_paging(run, one_target), rss]
         if have_h2load():
-            figures.append(measure_workers(run, one_target))
+            figures += measure_workers(run, one_target, bare_target)
         figures.append(measure_create(run, one_target, get_user))
     return figures
 
