@@ -68,11 +68,17 @@ NOTES = """
   rewritten in the transaction of every change to the user, so GetUser, ListUsers and
   ListUsersChunked frame bytes from PostgreSQL into responses instead of building messages and
   `Struct`s in Python (building a `Struct` from a dict was the costliest step per user).
+- A stream page is framed by PostgreSQL: one value per page, the tag, the length (a generated
+  varint column) and the stored bytes of each user, read through `COPY ... (FORMAT binary)` so
+  it is not hex-encoded on its way; the next page is always being fetched while one is sent.
 - Streams read keyset pages (`WHERE id > cursor ORDER BY id LIMIT n`): the last page of the
   table costs what the first does, and the server holds one page at a time, so its memory does
   not grow with the table.
-- One Python process serves on one core; `--workers N` runs N processes on one port
-  (SO_REUSEPORT), each with its own pool.
+- GetUsers that arrive together are answered by one query (`coalescing.py`); the server's
+  event loop is uvloop's.
+- One Python process serves on one core and gRPC's own threads beside it; `--workers N` runs N
+  processes on one port (SO_REUSEPORT), each with its own pool. On 2 cores shared with
+  PostgreSQL and h2load, the bare server's own two-process figure is the ceiling.
 - h2load sends one request body over and over, so its GetUser figures read one user; the
   Python load generator's figure reads random users. `make bench-db-paths` compares the ways
   from grpc.aio to PostgreSQL on minimal servers.
