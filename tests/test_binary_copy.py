@@ -7,10 +7,8 @@ import pytest
 from google.protobuf import wrappers_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from memstore_server import responses
 from memstore_server.database import connection
 from memstore_server.store import binary_copy
-from memstore_server.store.users import frame
 
 
 def protobuf_varint(value: int) -> bytes:
@@ -34,14 +32,6 @@ def test_the_sql_varint_is_protobufs_for_any_length(db: peewee.Database, value: 
     with connection(db):
         (encoded,) = db.execute_sql("SELECT memstore_protobuf_varint(%s)", (value,)).fetchone()
     assert bytes(encoded) == protobuf_varint(value)
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.binary(max_size=300), max_size=20))
-def test_python_framing_is_protobufs_repeated_bytes_field(payloads: list[bytes]) -> None:
-    # A message whose field 1 is `repeated bytes`: what protobuf makes of the same payloads.
-    expected = responses._LIST_USERS_CHUNKED(users=payloads).SerializeToString()
-    assert frame(responses.CHUNK_USERS_TAG, payloads) == expected
 
 
 SMALLEST = -(2**63) + 1  # -(2**63) itself is no literal PostgreSQL parses as a bigint

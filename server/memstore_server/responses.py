@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from memstore.v1 import sessions_pb2, users_pb2
 
 from memstore_server.store.pages import Page
-from memstore_server.store.users import FramedUsers, KeysetPage, frame
+from memstore_server.store.users import FramedUsers, KeysetPage
 
 _USER = users_pb2.User.DESCRIPTOR.full_name
 _PRIVATE_POOL = descriptor_pool.DescriptorPool()
@@ -140,8 +140,8 @@ def split(users: Sequence[bytes], max_bytes: int) -> list[tuple[int, int]]:
 
 
 def fits(page: FramedUsers, max_bytes: int) -> bool:
-    """Whether ``page`` goes out as one ListUsersChunkedResponse of at most ``max_bytes``."""
-    return len(page.frames) <= max_bytes - _NEXT_CURSOR_ROOM
+    """Whether ``page`` is whole and goes out as one ListUsersChunkedResponse of at most ``max_bytes``."""
+    return page.complete and len(page.frames) <= max_bytes - _NEXT_CURSOR_ROOM
 
 
 def framed_chunk(frames: bytes, next_cursor: int) -> bytes:
@@ -155,7 +155,12 @@ def framed_chunk(frames: bytes, next_cursor: int) -> bytes:
 def chunks_of(users: KeysetPage, max_bytes: int) -> list[tuple[bytes, int, int]]:
     """``users`` cut into framed pieces that each fit one ListUsersChunkedResponse of at most
     ``max_bytes``: (frames, how many users, id of the last) for each, in order."""
+    # The users alone (next_cursor 0 is left out of the wire) are the frames framed_chunk takes.
     return [
-        (frame(CHUNK_USERS_TAG, users.users[start:end]), end - start, users.ids[end - 1])
+        (
+            _LIST_USERS_CHUNKED(users=users.users[start:end]).SerializeToString(),
+            end - start,
+            users.ids[end - 1],
+        )
         for start, end in split(users.users, max_bytes)
     ]

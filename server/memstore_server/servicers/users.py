@@ -141,7 +141,8 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
 
     async def _fitting(self, page: FramedUsers) -> list[tuple[bytes, int, int]]:
         """``page`` as pieces that each fit one message: itself, or (when its users are too
-        large together, which few are) the same ids read again user by user and cut."""
+        large together, which few are, or one lacks stored bytes) the same ids read again
+        user by user and cut."""
         if responses.fits(page, self._max_message_bytes):
             return [(page.frames, page.count, page.last_id)]
         users = await self._run(self._store.users_through, page.after, page.last_id)

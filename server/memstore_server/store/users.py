@@ -100,20 +100,9 @@ class FramedUsers:
     count: int
     after: int
     last_id: int
-
-
-def frame(tag: bytes, payloads: Sequence[bytes]) -> bytes:
-    """``payloads`` as length-delimited fields with ``tag``: what _FRAMED_PAGE builds in SQL."""
-    return b"".join(tag + _varint(len(payload)) + payload for payload in payloads)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    # False when a user in the run has no stored bytes (none should): frames is then not whole,
+    # and the run must be read user by user (users_through), where missing bytes are built.
+    complete: bool = True
 
 
 class UserStore:
@@ -206,10 +195,7 @@ class UserStore:
             count, last_id, complete, frames = binary_copy.first_row(
                 db, _FRAMED_PAGE, (tag, after, size), _FRAMED_PAGE_COLUMNS
             )
-            if count and not complete:  # a user without stored bytes (none should be): frame in Python
-                found = self._messages(db, _LIST_MESSAGES_THROUGH.execute(db, (after, last_id)).fetchall())
-                return FramedUsers(frame(tag, [message for _, message in found]), len(found), after, last_id)
-        return FramedUsers(frames or b"", count, after, last_id or after)
+        return FramedUsers(frames or b"", count, after, last_id or after, complete is not False)
 
     def users_through(self, after: int, last_id: int) -> KeysetPage:
         """Every user with an id after ``after`` up to ``last_id``: a FramedUsers run, user by user."""
