@@ -60,6 +60,33 @@ def test_every_kind_of_change_stores_fresh_bytes(
     assert users.GetUser(users_pb2.GetUserRequest(user_id=user_id), timeout=TIMEOUT).user == final
 
 
+def test_batch_created_users_store_fresh_bytes(
+    users: users_pb2_grpc.UserServiceStub, sessions: sessions_pb2_grpc.SessionServiceStub, db: peewee.Database
+) -> None:
+    prefix = unique("batchfresh")
+    existing = users.CreateUser(
+        users_pb2.CreateUserRequest(user_id=f"{prefix}-0", metadata=struct({"old": 1})), timeout=TIMEOUT
+    ).user
+    requests = [
+        users_pb2.CreateUserRequest(
+            user_id=f"{prefix}-{n}", email=f"b{n}@example.com", metadata=struct({"n": n, "l": [n, None]})
+        )
+        for n in range(50)
+    ]
+    created = users.BatchCreateUsers(
+        users_pb2.BatchCreateUsersRequest(requests=requests, skip_existing=True), timeout=TIMEOUT
+    ).users
+    assert len(created) == 49
+    for user in created:
+        assert assert_fresh(db, user.user_id) == user
+    assert assert_fresh(db, existing.user_id) == existing
+    # Later changes to batch-created users keep them fresh as well.
+    sessions.CreateSession(
+        sessions_pb2.CreateSessionRequest(session_id=unique("s"), user_id=created[0].user_id), timeout=TIMEOUT
+    )
+    assert assert_fresh(db, created[0].user_id).session_count == 1
+
+
 def test_concurrent_changes_leave_fresh_bytes(
     users: users_pb2_grpc.UserServiceStub, sessions: sessions_pb2_grpc.SessionServiceStub, db: peewee.Database
 ) -> None:

@@ -62,6 +62,8 @@ _GET_USER = _bytes_twin(users_pb2.GetUserResponse)
 _UPDATE_USER = _bytes_twin(users_pb2.UpdateUserResponse)
 _LIST_USERS = _bytes_twin(users_pb2.ListUsersResponse)
 _LIST_USERS_CHUNKED = _bytes_twin(users_pb2.ListUsersChunkedResponse)
+_BATCH_CREATE_USERS = _bytes_twin(users_pb2.BatchCreateUsersResponse)
+_BATCH_USERS_FIELD = users_pb2.BatchCreateUsersResponse.DESCRIPTOR.fields_by_name["users"].number
 _USERS_FIELD = users_pb2.ListUsersChunkedResponse.DESCRIPTOR.fields_by_name["users"].number
 _LIST_SESSIONS_FIELD = sessions_pb2.ListSessionsResponse.DESCRIPTOR.fields_by_name["sessions"].number
 _USER_SESSIONS_FIELD = users_pb2.GetUserSessionsResponse.DESCRIPTOR.fields_by_name["sessions"].number
@@ -85,6 +87,16 @@ def got_user(user: bytes) -> bytes:
 def updated_user(user: bytes) -> bytes:
     """A serialized UpdateUserResponse holding the serialized ``user``."""
     return _UPDATE_USER(user=user).SerializeToString()
+
+
+def batch_created_users(users: Sequence[bytes]) -> bytes:
+    """A serialized BatchCreateUsersResponse holding the serialized ``users``."""
+    return _BATCH_CREATE_USERS(users=users).SerializeToString()
+
+
+def batch_created_size(users: Sequence[bytes]) -> int:
+    """Bytes of batch_created_users(users), without building it."""
+    return sum(_field_size(_BATCH_USERS_FIELD, len(user)) for user in users)
 
 
 def users_page(page: Page[bytes], max_bytes: int) -> bytes:

@@ -27,6 +27,7 @@ MAX_METADATA_BYTES = 64 * 1024
 # entry, Value) and responses sit a few levels deeper than requests; stock parsers stop
 # at 100 levels (Python, C++, Java), so 20 leaves every client room to spare.
 MAX_METADATA_DEPTH = 20
+MAX_BATCH_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # The one object key a JavaScript client (protobuf-es builds objects by assignment) loses.
@@ -145,6 +146,14 @@ class RequestChecker:
                 f"out in full (as stored), got {size}",
             )
         return Metadata(value, json_text)
+
+    def batch_size(self, field: str, count: int) -> bool:
+        """Whether a batch of ``count`` requests may be looked at: 1 to MAX_BATCH_SIZE."""
+        if count == 0:
+            self.fail(field, "must hold at least one request")
+        elif count > MAX_BATCH_SIZE:
+            self.fail(field, f"holds {count} requests; at most {MAX_BATCH_SIZE} are allowed per call")
+        return 0 < count <= MAX_BATCH_SIZE
 
     def page_size(self, field: str, value: int) -> int:
         """0 means the default; above the maximum is coerced to it; negative is refused."""

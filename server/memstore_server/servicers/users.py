@@ -7,6 +7,7 @@ them are framed as bytes (responses.py), which the handler table sends as they a
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,11 +16,22 @@ from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server import metrics, responses
 from memstore_server.blocking import Blocking
 from memstore_server.coalescing import PointReads
-from memstore_server.errors import user_not_found
-from memstore_server.store.users import FramedUsers, UserChanges, UserStore
+from memstore_server.errors import FieldViolation, InvalidArgument, user_not_found
+from memstore_server.store.users import FramedUsers, NewUser, UserChanges, UserStore
 from memstore_server.validation import RequestChecker
 
 _UPDATABLE_USER_FIELDS = ("email", "first_name", "last_name", "metadata")
+
+
+def _new_user(check: RequestChecker, prefix: str, request: users_pb2.CreateUserRequest) -> NewUser:
+    """The fields of a CreateUserRequest, checked; violations are named ``prefix + field``."""
+    return NewUser(
+        user_id=check.identifier(f"{prefix}user_id", request.user_id),
+        email=check.email(f"{prefix}email", request.email),
+        first_name=check.name(f"{prefix}first_name", request.first_name),
+        last_name=check.name(f"{prefix}last_name", request.last_name),
+        metadata=check.metadata(f"{prefix}metadata", request.metadata),
+    )
 
 
 class UserServicer(users_pb2_grpc.UserServiceServicer):
@@ -37,14 +49,41 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         self, request: users_pb2.CreateUserRequest, context: Any
     ) -> bytes:
         check = RequestChecker()
-        user_id = check.identifier("user_id", request.user_id)
-        email = check.email("email", request.email)
-        first_name = check.name("first_name", request.first_name)
-        last_name = check.name("last_name", request.last_name)
-        metadata = check.metadata("metadata", request.metadata)
+        new = _new_user(check, "", request)
         check.raise_if_any()
-        user = await self._run(self._store.create, user_id, email, first_name, last_name, metadata)
+        user = await self._run(
+            self._store.create, new.user_id, new.email, new.first_name, new.last_name, new.metadata
+        )
         return responses.created_user(user)
+
+    async def BatchCreateUsers(  # noqa: N802
+        self, request: users_pb2.BatchCreateUsersRequest, context: Any
+    ) -> bytes:
+        check = RequestChecker()
+        new_users = []
+        if check.batch_size("requests", len(request.requests)):
+            new_users = [_new_user(check, f"requests[{i}].", item) for i, item in enumerate(request.requests)]
+        check.raise_if_any()
+        max_bytes = self._max_message_bytes
+
+        def check_result(users: list[bytes]) -> None:
+            size = responses.batch_created_size(users)
+            if size > max_bytes:
+                raise InvalidArgument(
+                    [
+                        FieldViolation(
+                            "requests",
+                            f"the created users would make a {size}-byte response, more than this "
+                            f"server sends in one message ({max_bytes} bytes): send fewer per call",
+                        )
+                    ],
+                    reason="BATCH_TOO_LARGE",
+                )
+
+        create = functools.partial(
+            self._store.create_many, skip_existing=request.skip_existing, check_result=check_result
+        )
+        return responses.batch_created_users(await self._run(create, new_users))
 
     async def GetUser(self, request: users_pb2.GetUserRequest, context: Any) -> bytes:  # noqa: N802
         check = RequestChecker()

@@ -8,7 +8,7 @@ same transaction. Every method blocks: the server runs them on database threads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,10 +61,53 @@ LEFT JOIN LATERAL (
 ) AS page ON true
 WHERE users.user_id = %s
 """
+# Many users in one statement, in request order. ON CONFLICT DO NOTHING leaves existing users
+# alone and returns only the rows it inserted; the caller decides whether a skipped one is an
+# error (the transaction is then rolled back). Row triggers fire as for any INSERT.
+_CREATE_MANY = f"""
+INSERT INTO users (user_id, email, first_name, last_name, metadata)
+SELECT user_id, email, first_name, last_name, metadata::jsonb
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY
+    AS batch(user_id, email, first_name, last_name, metadata, position)
+ORDER BY position
+ON CONFLICT (user_id) DO NOTHING
+RETURNING {USER_COLUMNS}
+"""
 _TOUCH = peewee.SQL("GREATEST(clock_timestamp(), updated_at + interval '1 microsecond')")
 _RETURN_USER = peewee.SQL(USER_COLUMNS)
 
+
+def _exists(user_id: str, index: int) -> AlreadyExists:
+    return AlreadyExists(
+        f"requests[{index}]: user {user_id!r} already exists; nothing was created "
+        "(set skip_existing to create the others and leave existing users as they are)",
+        reason="USER_ALREADY_EXISTS",
+        metadata={"user_id": user_id, "index": str(index)},
+    )
+
+
+def _twice_in_batch(users: Sequence[NewUser], index: int, first_index: dict[str, int]) -> AlreadyExists:
+    user_id = users[index].user_id
+    return AlreadyExists(
+        f"requests[{index}]: user {user_id!r} is already requests[{first_index[user_id]}] of this batch; "
+        "nothing was created",
+        reason="USER_ALREADY_EXISTS",
+        metadata={"user_id": user_id, "index": str(index)},
+    )
+
+
 MessageRow = Sequence[Any]  # (id, stored message: memoryview, bytes or None, ...)
+
+
+@dataclass(frozen=True)
+class NewUser:
+    """One validated user to create."""
+
+    user_id: str
+    email: str
+    first_name: str
+    last_name: str
+    metadata: Metadata
 
 
 @dataclass(frozen=True)
@@ -127,6 +170,46 @@ class UserStore:
                     ) from error
                 raise
             return user_messages.save(db, row)
+
+    def create_many(
+        self,
+        users: Sequence[NewUser],
+        *,
+        skip_existing: bool,
+        check_result: Callable[[list[bytes]], None] = lambda _: None,
+    ) -> list[bytes]:
+        """Create ``users`` in one transaction, all or none; their stored bytes in request order.
+
+        A user_id given twice is AlreadyExists; so is one that exists already, unless
+        ``skip_existing``, when that user is left as it is and left out of the result.
+        The error names the first such request. ``check_result`` sees the bytes before
+        the commit and may raise to roll everything back (a response that would not fit).
+        """
+        first_index: dict[str, int] = {}
+        repeated = [i for i, user in enumerate(users) if first_index.setdefault(user.user_id, i) != i]
+        if repeated and skip_existing:  # nothing else can come first: no database needed
+            raise _twice_in_batch(users, repeated[0], first_index)
+        distinct = [user for i, user in enumerate(users) if first_index[user.user_id] == i]
+        columns = (
+            [user.user_id for user in distinct],
+            [user.email for user in distinct],
+            [user.first_name for user in distinct],
+            [user.last_name for user in distinct],
+            [user.metadata.json_text for user in distinct],
+        )
+        with connection(self._db) as db, db.atomic():
+            rows = {row[2]: row for row in db.execute_sql(_CREATE_MANY, columns).fetchall()}
+            existing = [first_index[user.user_id] for user in distinct if user.user_id not in rows]
+            if repeated or (existing and not skip_existing):
+                first = min(repeated + ([] if skip_existing else existing))
+                if first in repeated:
+                    raise _twice_in_batch(users, first, first_index)
+                raise _exists(users[first].user_id, first)
+            messages = user_messages.save_many(
+                db, [rows[user.user_id] for user in distinct if user.user_id in rows]
+            )
+            check_result(messages)
+            return messages
 
     def get_many(self, user_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored users among ``user_ids``, by user_id; ids with no user are left out."""

@@ -149,3 +149,17 @@ class GetUserSessionsResponse(_message.Message):
     sessions: _containers.RepeatedCompositeFieldContainer[_sessions_pb2.Session]
     next_cursor: int
     def __init__(self, sessions: _Optional[_Iterable[_Union[_sessions_pb2.Session, _Mapping]]] = ..., next_cursor: _Optional[int] = ...) -> None: ...
+
+class BatchCreateUsersRequest(_message.Message):
+    __slots__ = ("requests", "skip_existing")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_EXISTING_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[CreateUserRequest]
+    skip_existing: bool
+    def __init__(self, requests: _Optional[_Iterable[_Union[CreateUserRequest, _Mapping]]] = ..., skip_existing: _Optional[bool] = ...) -> None: ...
+
+class BatchCreateUsersResponse(_message.Message):
+    __slots__ = ("users",)
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    users: _containers.RepeatedCompositeFieldContainer[User]
+    def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ...) -> None: ...

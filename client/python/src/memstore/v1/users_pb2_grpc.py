@@ -75,6 +75,11 @@ class UserServiceStub:
                 request_serializer=memstore_dot_v1_dot_users__pb2.GetUserSessionsRequest.SerializeToString,
                 response_deserializer=memstore_dot_v1_dot_users__pb2.GetUserSessionsResponse.FromString,
                 _registered_method=True)
+        self.BatchCreateUsers = channel.unary_unary(
+                '/memstore.v1.UserService/BatchCreateUsers',
+                request_serializer=memstore_dot_v1_dot_users__pb2.BatchCreateUsersRequest.SerializeToString,
+                response_deserializer=memstore_dot_v1_dot_users__pb2.BatchCreateUsersResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -156,6 +161,24 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchCreateUsers(self, request, context):
+        """Creates up to 1,000 users in one transaction (AIP-233): all of them, or
+        none. Every request is validated as CreateUser validates it. With
+        `skip_existing`, requests whose `user_id` already exists are skipped
+        (those users stay exactly as they are), so an interrupted import can be
+        run again.
+
+        Errors: INVALID_ARGUMENT (no request, more than 1,000, a bad field named
+        as `requests[3].email`, or created users that would not fit in one
+        response message, reason BATCH_TOO_LARGE), ALREADY_EXISTS (a `user_id`
+        that exists, unless `skip_existing`, or that appears twice in the batch;
+        reason USER_ALREADY_EXISTS, naming the first such `user_id`). Nothing is
+        created on any error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +216,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.GetUserSessions,
                     request_deserializer=memstore_dot_v1_dot_users__pb2.GetUserSessionsRequest.FromString,
                     response_serializer=memstore_dot_v1_dot_users__pb2.GetUserSessionsResponse.SerializeToString,
+            ),
+            'BatchCreateUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateUsers,
+                    request_deserializer=memstore_dot_v1_dot_users__pb2.BatchCreateUsersRequest.FromString,
+                    response_serializer=memstore_dot_v1_dot_users__pb2.BatchCreateUsersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +418,33 @@ class UserService:
             '/memstore.v1.UserService/GetUserSessions',
             memstore_dot_v1_dot_users__pb2.GetUserSessionsRequest.SerializeToString,
             memstore_dot_v1_dot_users__pb2.GetUserSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstore.v1.UserService/BatchCreateUsers',
+            memstore_dot_v1_dot_users__pb2.BatchCreateUsersRequest.SerializeToString,
+            memstore_dot_v1_dot_users__pb2.BatchCreateUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

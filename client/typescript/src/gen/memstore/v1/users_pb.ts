@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file memstore/v1/users.proto.
  */
 export const file_memstore_v1_users: GenFile = /*@__PURE__*/
-  fileDesc("ChdtZW1zdG9yZS92MS91c2Vycy5wcm90bxILbWVtc3RvcmUudjEiiQIKBFVzZXISDwoHdXNlcl9pZBgBIAEoCRINCgVlbWFpbBgCIAEoCRISCgpmaXJzdF9uYW1lGAMgASgJEhEKCWxhc3RfbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDAoEdXVpZBgGIAEoCRIKCgJpZBgHIAEoAxIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zZXNzaW9uX2NvdW50GAogASgDIoUBChFDcmVhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhIKCmZpcnN0X25hbWUYAyABKAkSEQoJbGFzdF9uYW1lGAQgASgJEikKCG1ldGFkYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI1ChJDcmVhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiIQoOR2V0VXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIyCg9HZXRVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIi7AEKEVVwZGF0ZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoFZW1haWwYAiABKAlIAIgBARIXCgpmaXJzdF9uYW1lGAMgASgJSAGIAQESFgoJbGFzdF9uYW1lGAQgASgJSAKIAQESKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC3VwZGF0ZV9tYXNrGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IICgZfZW1haWxCDQoLX2ZpcnN0X25hbWVCDAoKX2xhc3RfbmFtZSI1ChJVcGRhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIUChJEZWxldGVVc2VyUmVzcG9uc2UiMQoQTGlzdFVzZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoBRIOCgZjdXJzb3IYAiABKAMiSgoRTGlzdFVzZXJzUmVzcG9uc2USIAoFdXNlcnMYASADKAsyES5tZW1zdG9yZS52MS5Vc2VyEhMKC25leHRfY3Vyc29yGAIgASgDIj0KF0xpc3RVc2Vyc0NodW5rZWRSZXF1ZXN0EhIKCmNodW5rX3NpemUYASABKAUSDgoGY3Vyc29yGAIgASgDIlEKGExpc3RVc2Vyc0NodW5rZWRSZXNwb25zZRIgCgV1c2VycxgBIAMoCzIRLm1lbXN0b3JlLnYxLlVzZXISEwoLbmV4dF9jdXJzb3IYAiABKAMiSAoWR2V0VXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEg4KBmN1cnNvchgDIAEoAyJWChdHZXRVc2VyU2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULm1lbXN0b3JlLnYxLlNlc3Npb24SEwoLbmV4dF9jdXJzb3IYAiABKAMyzQQKC1VzZXJTZXJ2aWNlEk0KCkNyZWF0ZVVzZXISHi5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLkNyZWF0ZVVzZXJSZXNwb25zZRJECgdHZXRVc2VyEhsubWVtc3RvcmUudjEuR2V0VXNlclJlcXVlc3QaHC5tZW1zdG9yZS52MS5HZXRVc2VyUmVzcG9uc2USTQoKVXBkYXRlVXNlchIeLm1lbXN0b3JlLnYxLlVwZGF0ZVVzZXJSZXF1ZXN0Gh8ubWVtc3RvcmUudjEuVXBkYXRlVXNlclJlc3BvbnNlEk0KCkRlbGV0ZVVzZXISHi5tZW1zdG9yZS52MS5EZWxldGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLkRlbGV0ZVVzZXJSZXNwb25zZRJKCglMaXN0VXNlcnMSHS5tZW1zdG9yZS52MS5MaXN0VXNlcnNSZXF1ZXN0Gh4ubWVtc3RvcmUudjEuTGlzdFVzZXJzUmVzcG9uc2USYQoQTGlzdFVzZXJzQ2h1bmtlZBIkLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc0NodW5rZWRSZXF1ZXN0GiUubWVtc3RvcmUudjEuTGlzdFVzZXJzQ2h1bmtlZFJlc3BvbnNlMAESXAoPR2V0VXNlclNlc3Npb25zEiMubWVtc3RvcmUudjEuR2V0VXNlclNlc3Npb25zUmVxdWVzdBokLm1lbXN0b3JlLnYxLkdldFVzZXJTZXNzaW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_memstore_v1_sessions]);
+  fileDesc("ChdtZW1zdG9yZS92MS91c2Vycy5wcm90bxILbWVtc3RvcmUudjEiiQIKBFVzZXISDwoHdXNlcl9pZBgBIAEoCRINCgVlbWFpbBgCIAEoCRISCgpmaXJzdF9uYW1lGAMgASgJEhEKCWxhc3RfbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDAoEdXVpZBgGIAEoCRIKCgJpZBgHIAEoAxIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zZXNzaW9uX2NvdW50GAogASgDIoUBChFDcmVhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhIKCmZpcnN0X25hbWUYAyABKAkSEQoJbGFzdF9uYW1lGAQgASgJEikKCG1ldGFkYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI1ChJDcmVhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiIQoOR2V0VXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIyCg9HZXRVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIi7AEKEVVwZGF0ZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoFZW1haWwYAiABKAlIAIgBARIXCgpmaXJzdF9uYW1lGAMgASgJSAGIAQESFgoJbGFzdF9uYW1lGAQgASgJSAKIAQESKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC3VwZGF0ZV9tYXNrGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IICgZfZW1haWxCDQoLX2ZpcnN0X25hbWVCDAoKX2xhc3RfbmFtZSI1ChJVcGRhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIUChJEZWxldGVVc2VyUmVzcG9uc2UiMQoQTGlzdFVzZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoBRIOCgZjdXJzb3IYAiABKAMiSgoRTGlzdFVzZXJzUmVzcG9uc2USIAoFdXNlcnMYASADKAsyES5tZW1zdG9yZS52MS5Vc2VyEhMKC25leHRfY3Vyc29yGAIgASgDIj0KF0xpc3RVc2Vyc0NodW5rZWRSZXF1ZXN0EhIKCmNodW5rX3NpemUYASABKAUSDgoGY3Vyc29yGAIgASgDIlEKGExpc3RVc2Vyc0NodW5rZWRSZXNwb25zZRIgCgV1c2VycxgBIAMoCzIRLm1lbXN0b3JlLnYxLlVzZXISEwoLbmV4dF9jdXJzb3IYAiABKAMiSAoWR2V0VXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEg4KBmN1cnNvchgDIAEoAyJWChdHZXRVc2VyU2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULm1lbXN0b3JlLnYxLlNlc3Npb24SEwoLbmV4dF9jdXJzb3IYAiABKAMiYgoXQmF0Y2hDcmVhdGVVc2Vyc1JlcXVlc3QSMAoIcmVxdWVzdHMYASADKAsyHi5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVxdWVzdBIVCg1za2lwX2V4aXN0aW5nGAIgASgIIjwKGEJhdGNoQ3JlYXRlVXNlcnNSZXNwb25zZRIgCgV1c2VycxgBIAMoCzIRLm1lbXN0b3JlLnYxLlVzZXIyrgUKC1VzZXJTZXJ2aWNlEk0KCkNyZWF0ZVVzZXISHi5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLkNyZWF0ZVVzZXJSZXNwb25zZRJECgdHZXRVc2VyEhsubWVtc3RvcmUudjEuR2V0VXNlclJlcXVlc3QaHC5tZW1zdG9yZS52MS5HZXRVc2VyUmVzcG9uc2USTQoKVXBkYXRlVXNlchIeLm1lbXN0b3JlLnYxLlVwZGF0ZVVzZXJSZXF1ZXN0Gh8ubWVtc3RvcmUudjEuVXBkYXRlVXNlclJlc3BvbnNlEk0KCkRlbGV0ZVVzZXISHi5tZW1zdG9yZS52MS5EZWxldGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLkRlbGV0ZVVzZXJSZXNwb25zZRJKCglMaXN0VXNlcnMSHS5tZW1zdG9yZS52MS5MaXN0VXNlcnNSZXF1ZXN0Gh4ubWVtc3RvcmUudjEuTGlzdFVzZXJzUmVzcG9uc2USYQoQTGlzdFVzZXJzQ2h1bmtlZBIkLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc0NodW5rZWRSZXF1ZXN0GiUubWVtc3RvcmUudjEuTGlzdFVzZXJzQ2h1bmtlZFJlc3BvbnNlMAESXAoPR2V0VXNlclNlc3Npb25zEiMubWVtc3RvcmUudjEuR2V0VXNlclNlc3Npb25zUmVxdWVzdBokLm1lbXN0b3JlLnYxLkdldFVzZXJTZXNzaW9uc1Jlc3BvbnNlEl8KEEJhdGNoQ3JlYXRlVXNlcnMSJC5tZW1zdG9yZS52MS5CYXRjaENyZWF0ZVVzZXJzUmVxdWVzdBolLm1lbXN0b3JlLnYxLkJhdGNoQ3JlYXRlVXNlcnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_memstore_v1_sessions]);
 
 /**
  * User is an individual interacting with an application.
@@ -539,6 +539,60 @@ export const GetUserSessionsResponseSchema: GenMessage<GetUserSessionsResponse> 
   messageDesc(file_memstore_v1_users, 14);
 
 /**
+ * Request of UserService.BatchCreateUsers.
+ *
+ * @generated from message memstore.v1.BatchCreateUsersRequest
+ */
+export type BatchCreateUsersRequest = Message<"memstore.v1.BatchCreateUsersRequest"> & {
+  /**
+   * Required. The users to create, 1 to 1,000 of them, each as a CreateUser
+   * request; every `user_id` at most once. INVALID_ARGUMENT when empty, over
+   * 1,000, or when any request is invalid (naming `requests[N].field`).
+   *
+   * @generated from field: repeated memstore.v1.CreateUserRequest requests = 1;
+   */
+  requests: CreateUserRequest[];
+
+  /**
+   * Optional. When true, a request whose `user_id` already exists is skipped:
+   * that user is left exactly as it is and is not returned. When false (the
+   * default), such a request is ALREADY_EXISTS and nothing is created.
+   *
+   * @generated from field: bool skip_existing = 2;
+   */
+  skipExisting: boolean;
+};
+
+/**
+ * Describes the message memstore.v1.BatchCreateUsersRequest.
+ * Use `create(BatchCreateUsersRequestSchema)` to create a new message.
+ */
+export const BatchCreateUsersRequestSchema: GenMessage<BatchCreateUsersRequest> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 15);
+
+/**
+ * Response of UserService.BatchCreateUsers.
+ *
+ * @generated from message memstore.v1.BatchCreateUsersResponse
+ */
+export type BatchCreateUsersResponse = Message<"memstore.v1.BatchCreateUsersResponse"> & {
+  /**
+   * The created users as stored, in the order of their requests; with
+   * `skip_existing`, the skipped ones are left out.
+   *
+   * @generated from field: repeated memstore.v1.User users = 1;
+   */
+  users: User[];
+};
+
+/**
+ * Describes the message memstore.v1.BatchCreateUsersResponse.
+ * Use `create(BatchCreateUsersResponseSchema)` to create a new message.
+ */
+export const BatchCreateUsersResponseSchema: GenMessage<BatchCreateUsersResponse> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 16);
+
+/**
  * UserService manages Users: the individuals interacting with an
  * application, each of whom may own many Sessions.
  *
@@ -639,6 +693,27 @@ export const UserService: GenService<{
     methodKind: "unary";
     input: typeof GetUserSessionsRequestSchema;
     output: typeof GetUserSessionsResponseSchema;
+  },
+  /**
+   * Creates up to 1,000 users in one transaction (AIP-233): all of them, or
+   * none. Every request is validated as CreateUser validates it. With
+   * `skip_existing`, requests whose `user_id` already exists are skipped
+   * (those users stay exactly as they are), so an interrupted import can be
+   * run again.
+   *
+   * Errors: INVALID_ARGUMENT (no request, more than 1,000, a bad field named
+   * as `requests[3].email`, or created users that would not fit in one
+   * response message, reason BATCH_TOO_LARGE), ALREADY_EXISTS (a `user_id`
+   * that exists, unless `skip_existing`, or that appears twice in the batch;
+   * reason USER_ALREADY_EXISTS, naming the first such `user_id`). Nothing is
+   * created on any error.
+   *
+   * @generated from rpc memstore.v1.UserService.BatchCreateUsers
+   */
+  batchCreateUsers: {
+    methodKind: "unary";
+    input: typeof BatchCreateUsersRequestSchema;
+    output: typeof BatchCreateUsersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_memstore_v1_users, 0);
