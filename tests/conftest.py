@@ -2,7 +2,10 @@
 
 PostgreSQL is the embedded one unless MEMSTORE_TEST_DATABASE_URL names a server;
 either way the suite works in a database of its own, created here and dropped at
-the end, so it never touches data it did not make.
+the end, so it never touches data it did not make. With MEMSTORE_TEST_POOLER
+(``HOST:PORT`` of a pooler in transaction mode in front of that server, as
+tests/test_pgbouncer.py sets it), the database is created directly and then
+used only through the pooler, with prepared statements off.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from tests import reliability
 from tests.support import RunningServer, ServerAddress
 
 TEST_DATABASE_ENV = "MEMSTORE_TEST_DATABASE_URL"
+POOLER_ENV = "MEMSTORE_TEST_POOLER"
+
+
+def through_pooler() -> bool:
+    return bool(os.environ.get(POOLER_ENV))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -67,7 +75,13 @@ def database_url(admin_url: str) -> Iterator[str]:
     try:
         with admin.cursor() as cur:
             cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        yield _with_database(admin_url, name)
+        url = _with_database(admin_url, name)
+        if through_pooler():
+            host, _, port = os.environ[POOLER_ENV].rpartition(":")
+            params = psycopg2.extensions.parse_dsn(url)
+            params.update(host=host, port=port)
+            url = psycopg2.extensions.make_dsn(**params)
+        yield url
         with admin.cursor() as cur:
             cur.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
     finally:
@@ -76,7 +90,9 @@ def database_url(admin_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def db(database_url: str) -> Iterator[peewee.Database]:
-    database = open_database(database_url, pool_size=32, pool_timeout=10)
+    database = open_database(
+        database_url, pool_size=32, pool_timeout=10, prepared_statements=not through_pooler()
+    )
     migrate(database)
     yield database
     database.close_all()
@@ -85,7 +101,9 @@ def db(database_url: str) -> Iterator[peewee.Database]:
 @pytest.fixture(scope="session")
 def server(db: peewee.Database) -> Iterator[ServerAddress]:
     """One real memstore server for the whole run, on a free loopback port."""
-    running = RunningServer(Settings(listen="127.0.0.1:0", db_pool_size=32), db)
+    running = RunningServer(
+        Settings(listen="127.0.0.1:0", db_pool_size=32, prepared_statements=not through_pooler()), db
+    )
     yield ServerAddress(running.target)
     running.stop()
 

@@ -82,9 +82,11 @@ def test_metrics_count_calls_by_method_and_code(
     assert delta("grpc_server_msg_sent_total", **stream) == len(chunks)
     assert delta("memstore_users_streamed_total") == streamed
     assert sample(after, "memstore_build_info", version="0.1.0") == 1
-    assert sample(after, "memstore_db_pool_max_connections") == 32
-    assert sample(after, "memstore_db_pool_connections", state="in_use") == 0
-    assert sample(after, "memstore_db_pool_connections", state="idle") >= 1
+    assert sample(after, "memstore_db_pool_max_connections", pool="primary") == 32
+    assert sample(after, "memstore_db_pool_connections", pool="primary", state="in_use") == 0
+    assert sample(after, "memstore_db_pool_connections", pool="primary", state="idle") >= 1
+    # No read replica: nothing goes to one.
+    assert sample(after, "memstore_db_replica_available") == 0
     assert delta("memstore_db_pool_wait_seconds_count") >= 6
 
 

@@ -24,12 +24,14 @@ from memstore_server.auth import Authenticator, JwtRules, authentication, digest
 from memstore_server.blocking import Blocking
 from memstore_server.boundary import guard_errors
 from memstore_server.config import Settings
+from memstore_server.database import open_database
 from memstore_server.decoding import reject_undecodable, tolerant
 from memstore_server.handlers import HandlerTable, Wrapper
 from memstore_server.health import DatabaseHealth
 from memstore_server.models import database_proxy
 from memstore_server.observe import observe
 from memstore_server.reflection_pool import DocumentedPool
+from memstore_server.replica import Reads, Replica
 from memstore_server.servicers.sessions import SessionServicer
 from memstore_server.servicers.users import UserServicer
 from memstore_server.store.sessions import SessionStore
@@ -97,23 +99,43 @@ def grpc_options(settings: Settings) -> list[tuple[str, int | str]]:
     ]
 
 
+def read_replica(settings: Settings) -> Replica | None:
+    """The read replica of ``settings`` (its pool connects lazily), or None without one."""
+    if settings.read_database_url is None:
+        return None
+    pool = open_database(
+        settings.read_database_url,
+        pool_size=settings.read_pool_size,
+        pool_timeout=settings.db_pool_timeout,
+        prepared_statements=settings.prepared_statements,
+        role="replica",
+    )
+    return Replica(pool, max_lag=settings.max_replica_lag, interval=settings.health_interval)
+
+
 def create_server(
     settings: Settings, db: PooledDatabase, *, tracer_provider: trace.TracerProvider | None = None
 ) -> ServerHandle:
     """Build and bind (not start) a server for ``settings`` on the migrated database ``db``.
 
-    With a ``tracer_provider``, every RPC and the database calls beneath it are traced.
+    With ``settings.read_database_url``, a pool of the read replica is opened here too
+    (closed when the database health stops). With a ``tracer_provider``, every RPC and
+    the database calls beneath it are traced.
     """
     database_proxy.initialize(db)
-    blocking = Blocking(threads=settings.db_pool_size, queue_timeout=settings.db_pool_timeout)
+    replica = read_replica(settings)
+    reads = Reads(db, replica)
+    # As many threads as connections in both pools, so a thread never waits for one.
+    threads = settings.db_pool_size + (settings.read_pool_size if replica is not None else 0)
+    blocking = Blocking(threads=threads, queue_timeout=settings.db_pool_timeout)
     table = HandlerTable()
     table.add_service(
         USER_SERVICE,
-        UserServicer(UserStore(db), blocking, max_message_bytes=settings.max_message_bytes),
+        UserServicer(UserStore(db, reads), blocking, max_message_bytes=settings.max_message_bytes),
     )
     table.add_service(
         SESSION_SERVICE,
-        SessionServicer(SessionStore(db), blocking, max_message_bytes=settings.max_message_bytes),
+        SessionServicer(SessionStore(db, reads), blocking, max_message_bytes=settings.max_message_bytes),
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, table)
@@ -137,7 +159,9 @@ def create_server(
     table.register(server, wrappers, deserializer=tolerant)
 
     # Publishes every service's status once started: SERVING while the database answers.
-    database_health = DatabaseHealth(db, health_servicer, SERVICE_NAMES, settings.health_interval)
+    database_health = DatabaseHealth(
+        db, health_servicer, SERVICE_NAMES, settings.health_interval, replica=replica
+    )
 
     credentials = server_credentials(settings)
     try:

@@ -72,6 +72,20 @@ def _switch(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _on_off(text: str) -> bool:
+    """``on`` or ``off`` (true/false, 1/0 and yes/no are taken too)."""
+    value = text.strip().lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
 def _key_list(text: str) -> tuple[str, ...]:
     keys = tuple(key.strip() for key in text.split(",") if key.strip())
     if text and not keys:
@@ -89,6 +103,13 @@ class Settings:
         None,
         "--database-url",
         "PostgreSQL URL or key=value string; unset: an embedded PostgreSQL under --data-dir",
+        _optional_text,
+    )
+    read_database_url: str | None = _setting(
+        None,
+        "--read-database-url",
+        "PostgreSQL streaming replica (URL or key=value) for the bulk reads: listings, streams; "
+        "unset: everything reads the primary",
         _optional_text,
     )
     data_dir: Path = _setting(
@@ -110,6 +131,25 @@ class Settings:
     )
     db_pool_timeout: float = _setting(
         5.0, "--db-pool-timeout", "seconds a call waits for a free connection before UNAVAILABLE", float
+    )
+    read_db_pool_size: int | None = _setting(
+        None,
+        "--read-db-pool-size",
+        "pooled connections to --read-database-url; unset: the same as --db-pool-size",
+        _optional_int,
+    )
+    max_replica_lag: float = _setting(
+        10.0,
+        "--max-replica-lag",
+        "seconds the replica may be behind before bulk reads go to the primary until it catches up",
+        float,
+    )
+    prepared_statements: bool = _setting(
+        True,
+        "--prepared-statements",
+        "on: the hot reads are PREPAREd once per connection; off: plain parameterised SQL "
+        "(behind PgBouncer in transaction mode)",
+        _on_off,
     )
     max_concurrent_streams: int = _setting(
         1000,
@@ -170,8 +210,9 @@ class Settings:
         _check_address(OPTIONS["listen"].names, self.listen)
         if self.metrics_listen is not None:
             _check_address(OPTIONS["metrics_listen"].names, self.metrics_listen)
-        if self.database_url is not None:
-            _check_database_url(self.database_url)
+        for name in ("database_url", "read_database_url"):
+            if getattr(self, name) is not None:
+                _check_database_url(name, getattr(self, name))
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"{OPTIONS['log_format'].names} must be text or json, got {self.log_format!r}")
         if logging.getLevelName(self.log_level.upper()) == f"Level {self.log_level.upper()}":
@@ -179,11 +220,18 @@ class Settings:
         self._check_limits()
         self._check_tls()
 
+    @property
+    def read_pool_size(self) -> int:
+        """Connections of the replica's pool: --read-db-pool-size, else as many as the primary's."""
+        return self.db_pool_size if self.read_db_pool_size is None else self.read_db_pool_size
+
     def _check_limits(self) -> None:
         for name in ("workers", "db_pool_size", "max_concurrent_streams"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{OPTIONS[name].names} must be at least 1")
-        for name in ("db_pool_timeout", "stream_stall_timeout", "health_interval"):
+        if self.read_db_pool_size is not None and self.read_db_pool_size < 1:
+            raise ConfigError(f"{OPTIONS['read_db_pool_size'].names} must be at least 1")
+        for name in ("db_pool_timeout", "stream_stall_timeout", "health_interval", "max_replica_lag"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{OPTIONS[name].names} must be above 0 seconds")
         if not self.grace_period >= 0:
@@ -242,6 +290,8 @@ def default_text(name: str) -> str:
     if value is None or value == ():
         return ""
     if isinstance(value, bool):
+        if OPTIONS[name].parse is _on_off:
+            return "on" if value else "off"
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -254,12 +304,12 @@ def _check_address(names: str, address: str) -> None:
         raise ConfigError(f"{names} must be HOST:PORT, got {address!r}")
 
 
-def _check_database_url(url: str) -> None:
+def _check_database_url(name: str, url: str) -> None:
     try:
         psycopg2.extensions.parse_dsn(url)
     except psycopg2.ProgrammingError as error:
         raise ConfigError(
-            f"{OPTIONS['database_url'].names} must be a postgresql:// URL or a libpq key=value string"
+            f"{OPTIONS[name].names} must be a postgresql:// URL or a libpq key=value string"
         ) from error
 
 

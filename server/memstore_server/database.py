@@ -1,8 +1,10 @@
 """The connection pool, and the one place where a database failure becomes UNAVAILABLE.
 
 Peewee's pool (``playhouse.pool``) hands each database thread (blocking.py) its
-own connection for the length of a ``connection()`` block; the block returns it to the pool afterwards,
-and a connection broken by a failure is closed instead of being reused.
+own connection for the length of a ``connection()`` block; the block returns it to the pool afterwards.
+A connection that saw the database fail (an outage, a server shutting down, a server
+turned read-only by a failover) is closed instead of being reused, and the call is
+UNAVAILABLE: retryable, and never retried here, so a write is never sent twice.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 5
 # A pooled connection idle for longer than this is checked with a round trip before reuse.
 PING_AFTER_IDLE_SECONDS = 5.0
+# SQLSTATE of a write refused by a server that cannot write: a standby, or a primary being
+# demoted (default_transaction_read_only turned on). psycopg2 raises it as an InternalError.
+READ_ONLY_SQL_TRANSACTION = "25006"
 
 
 def _connect_params(url: str) -> tuple[str, dict[str, Any]]:
@@ -54,9 +59,14 @@ class Pool(PooledPostgresqlDatabase):  # type: ignore[misc]
     the health probe closes every idle connection when the database goes away.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, prepared_statements: bool = True, role: str = "primary", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._returned_at: dict[int, float] = {}
+        self.role = role  # "primary" or "replica": the label of its metrics
+        # False behind a pooler that moves sessions between server connections (store/prepared.py).
+        self.prepared_statements = prepared_statements
 
     def _is_closed(self, conn: Any) -> bool:
         if conn.closed:
@@ -71,21 +81,42 @@ class Pool(PooledPostgresqlDatabase):  # type: ignore[misc]
         self._returned_at[self.conn_key(conn)] = time.monotonic()
         super()._close(conn, close_conn)
 
+    def _can_reuse(self, conn: Any) -> bool:
+        reusable: bool = not conn.closed and super()._can_reuse(conn)
+        return reusable
+
     def _close_raw(self, conn: Any) -> None:
         self._returned_at.pop(self.conn_key(conn), None)
         super()._close_raw(conn)
 
 
-def open_database(url: str, *, pool_size: int, pool_timeout: float) -> Pool:
-    """A pooled database for ``url`` (any libpq URL or key=value string); connects lazily."""
+def open_database(
+    url: str, *, pool_size: int, pool_timeout: float, prepared_statements: bool = True, role: str = "primary"
+) -> Pool:
+    """A pooled database for ``url`` (any libpq URL or key=value string, several hosts
+    included: libpq picks the one that fits ``target_session_attrs``); connects lazily."""
     dbname, params = _connect_params(url)
     return Pool(
         dbname,
         max_connections=pool_size,
         timeout=pool_timeout,
         stale_timeout=300,
+        prepared_statements=prepared_statements,
+        role=role,
         **params,
     )
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE PostgreSQL gave for ``error`` (a peewee or driver error), when it gave one."""
+    original = getattr(error, "orig", None) or (error.args[0] if error.args else None)
+    code = getattr(original, "pgcode", None) or getattr(error, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def is_read_only(error: BaseException) -> bool:
+    """Whether ``error`` is a write refused because the server has become read-only."""
+    return isinstance(error, peewee.InternalError) and sqlstate(error) == READ_ONLY_SQL_TRANSACTION
 
 
 @contextmanager
@@ -94,7 +125,20 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
     try:
         with db.connection_context():
             metrics.observe_pool(db)
-            yield db
+            try:
+                yield db
+            except (peewee.OperationalError, peewee.InterfaceError):
+                _discard(db)
+                raise
+            except peewee.InternalError as error:
+                if not is_read_only(error):
+                    raise
+                _discard(db)
+                logger.warning("database refused a write, being read-only: %s", " ".join(str(error).split()))
+                raise Unavailable(
+                    "the database is read-only (a failover may be under way); retry with backoff",
+                    reason="DATABASE_READ_ONLY",
+                ) from error
     except MaxConnectionsExceeded as error:
         logger.warning("database pool exhausted: %s", error)
         raise Unavailable(
@@ -108,3 +152,12 @@ def connection(db: peewee.Database) -> Iterator[peewee.Database]:
         ) from error
     finally:
         metrics.observe_pool(db)  # the connection is back in the pool by now
+
+
+def _discard(db: peewee.Database) -> None:
+    """Close the current connection for good: one that saw the server fail or turn
+    read-only is never handed out again (the pool drops closed connections when they
+    come back), so the next one goes through libpq's choice of host afresh (a
+    multi-host URL then finds the new primary)."""
+    if not db.is_closed():
+        db.connection().close()

@@ -50,7 +50,12 @@ def database(settings: Settings) -> Iterator[tuple[PooledDatabase, str]]:
         embedded = EmbeddedPostgres(settings.data_dir)
         url = embedded.start()
         logger.info("embedded PostgreSQL running under %s", settings.data_dir)
-    db = open_database(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
+    db = open_database(
+        url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout,
+        prepared_statements=settings.prepared_statements,
+    )
     try:
         yield db, url
     finally:

@@ -1,4 +1,4 @@
-"""Prometheus metrics: the standard gRPC server series, the pool, users streamed, build info.
+"""Prometheus metrics: the standard gRPC server series, the pools, the replica, users streamed, build info.
 
 The gRPC series carry the names and labels of go-grpc-prometheus
 (grpc_server_started_total, grpc_server_handled_total, grpc_server_handling_seconds,
@@ -61,29 +61,41 @@ POOL_WAIT_SECONDS = Histogram(
 )
 POOL_CONNECTIONS = Gauge(
     "memstore_db_pool_connections",
-    "Pooled database connections by state, summed over worker processes.",
-    ["state"],
+    "Pooled database connections by pool (primary, replica) and state, summed over worker processes.",
+    ["pool", "state"],
     multiprocess_mode="livesum",
 )
 POOL_MAX = Gauge(
     "memstore_db_pool_max_connections",
-    "Size limit of the pools, summed over worker processes.",
+    "Size limit of the pools, by pool (primary, replica), summed over worker processes.",
+    ["pool"],
     multiprocess_mode="livesum",
+)
+REPLICA_AVAILABLE = Gauge(
+    "memstore_db_replica_available",
+    "1 while bulk reads go to the read replica (--read-database-url), 0 while they go to the primary; "
+    "the lowest of the worker processes.",
+    multiprocess_mode="livemin",
+)
+REPLICA_LAG_SECONDS = Gauge(
+    "memstore_db_replica_lag_seconds",
+    "How far the read replica is behind (0 when it has replayed all it received); NaN when it cannot "
+    "be told (unreachable); the highest of the worker processes.",
+    multiprocess_mode="livemax",
 )
 BUILD_INFO = Gauge(
     "memstore_build_info", "The running memstore; always 1.", ["version"], multiprocess_mode="max"
 )
 BUILD_INFO.labels(__version__).set(1)
-_IN_USE = POOL_CONNECTIONS.labels("in_use")
-_IDLE = POOL_CONNECTIONS.labels("idle")
 
 
 def observe_pool(pool: PooledDatabase) -> None:
     """Publish the pool's state; called as connections are checked out and returned."""
+    role = getattr(pool, "role", "primary")  # database.Pool says which it is
     # Peewee keeps these as plain containers; len() of each is a consistent-enough snapshot.
-    _IN_USE.set(len(pool._in_use))
-    _IDLE.set(len(pool._connections))
-    POOL_MAX.set(pool._max_connections or 0)
+    POOL_CONNECTIONS.labels(role, "in_use").set(len(pool._in_use))
+    POOL_CONNECTIONS.labels(role, "idle").set(len(pool._connections))
+    POOL_MAX.labels(role).set(pool._max_connections or 0)
 
 
 def registry_for_workers() -> CollectorRegistry:

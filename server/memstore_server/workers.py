@@ -34,7 +34,12 @@ _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 def worker_main(settings: Settings, database_url: str) -> None:
     """One worker process: its own pool, the shared port, the single-process serve loop."""
     logs.configure(settings.log_level, settings.log_format)
-    db = open_database(database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
+    db = open_database(
+        database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout,
+        prepared_statements=settings.prepared_statements,
+    )
     try:
         lifecycle.run(settings, db, serve_metrics=False)
     finally:

@@ -24,7 +24,14 @@ class Prepared:
     sql: str  # with $1, $2... placeholders
 
     def execute(self, db: peewee.Database, params: tuple[Any, ...]) -> Any:
-        """Run it on ``db``'s current connection (inside database.connection()); returns the cursor."""
+        """Run it on ``db``'s current connection (inside database.connection()); returns the cursor.
+
+        With prepared statements off (a pooler in transaction mode hands each
+        transaction any server connection, where a statement prepared on another
+        does not exist), it is sent as plain parameterised SQL instead.
+        """
+        if not getattr(db, "prepared_statements", True):
+            return db.execute_sql(self.text, params)
         prepared: set[str] = db.connection().prepared  # a database.Connection
         if self.name not in prepared:
             db.execute_sql(f"PREPARE {self.name} ({', '.join(self.parameter_types)}) AS {self.sql}")

@@ -7,12 +7,15 @@ counter locks the user row first and the session row second.
 
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 from memstore.v1 import sessions_pb2
 
 from memstore_server.database import connection
 from memstore_server.errors import AlreadyExists, session_not_found, user_not_found
 from memstore_server.models import Session, User
+from memstore_server.replica import Reads
 from memstore_server.store import user_messages
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.pages import Page, split_page
@@ -36,8 +39,11 @@ _DELETE_ATTEMPTS = 5
 
 
 class SessionStore:
-    def __init__(self, db: peewee.Database) -> None:
+    """Sessions; ListSessions reads through ``reads`` (the read replica when usable), the rest the primary."""
+
+    def __init__(self, db: peewee.Database, reads: Reads | None = None) -> None:
         self._db = db
+        self._reads = reads or Reads(db)
 
     def create(self, session_id: str, user_id: str, metadata: Metadata) -> sessions_pb2.Session:
         insert = Session.insert(
@@ -118,13 +124,17 @@ class SessionStore:
             raise session_not_found(session_id)
 
     def page(self, after: int, limit: int, user_id: str = "") -> Page[sessions_pb2.Session]:
-        with connection(self._db) as db:
-            if user_id:
+        def read(source: peewee.Database) -> list[Any]:
+            with connection(source) as db:
+                if not user_id:
+                    rows: list[Any] = db.execute_sql(_LIST_SESSIONS, (after, limit + 1)).fetchall()
+                    return rows
                 if db.execute_sql(_USER_EXISTS, (user_id,)).fetchone() is None:
                     raise user_not_found(user_id)
-                rows = db.execute_sql(_LIST_USER_SESSIONS, (user_id, after, limit + 1)).fetchall()
-            else:
-                rows = db.execute_sql(_LIST_SESSIONS, (after, limit + 1)).fetchall()
+                found: list[Any] = db.execute_sql(_LIST_USER_SESSIONS, (user_id, after, limit + 1)).fetchall()
+                return found
+
+        rows = self._reads.run(read)
         page, more = split_page(rows, limit)
         return Page(
             [fill_session(sessions_pb2.Session(), row) for row in page], [row[0] for row in page], more

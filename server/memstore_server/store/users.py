@@ -4,6 +4,8 @@ Reads return the users' stored serialized messages (see user_messages.py) as byt
 and run SQL built once at import; responses are framed around them elsewhere
 (responses.py). Writes go through the Peewee models and store fresh bytes in the
 same transaction. Every method blocks: the server runs them on database threads.
+Listings and streams run through ``reads`` (the read replica when there is one and
+it keeps up); GetUser and every write use the primary.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from memstore.v1 import sessions_pb2
 from memstore_server.database import connection
 from memstore_server.errors import AlreadyExists, user_not_found
 from memstore_server.models import User
+from memstore_server.replica import Reads
 from memstore_server.store import binary_copy, user_messages
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.pages import Page, split_page
@@ -151,8 +154,9 @@ class FramedUsers:
 class UserStore:
     """Returns users as their serialized ``memstore.v1.User`` bytes."""
 
-    def __init__(self, db: peewee.Database) -> None:
+    def __init__(self, db: peewee.Database, reads: Reads | None = None) -> None:
         self._db = db
+        self._reads = reads or Reads(db)
 
     def create(self, user_id: str, email: str, first_name: str, last_name: str, metadata: Metadata) -> bytes:
         query = User.insert(
@@ -261,11 +265,15 @@ class UserStore:
 
     def page(self, after: int, limit: int) -> Page[bytes]:
         """Up to ``limit`` users after the id ``after``."""
-        with connection(self._db) as db:
-            rows = _LIST_MESSAGES.execute(db, (after, limit + 1)).fetchall()
-            page, more = split_page(rows, limit)
-            found = self._messages(db, page)
-            return Page([message for _, message in found], [id_ for id_, _ in found], more)
+
+        def read(source: peewee.Database) -> Page[bytes]:
+            with connection(source) as db:
+                rows = _LIST_MESSAGES.execute(db, (after, limit + 1)).fetchall()
+                page, more = split_page(rows, limit)
+                found = self._messages(db, page)
+                return Page([message for _, message in found], [id_ for id_, _ in found], more)
+
+        return self._reads.run(read)
 
     def framed_page(self, after: int, size: int, tag: bytes) -> FramedUsers:
         """Up to ``size`` users after the id ``after``, framed as fields with ``tag``: one page of
@@ -274,22 +282,35 @@ class UserStore:
         Each page is read on a connection held only while it is fetched, so a
         slow reader of a stream never pins a pooled connection.
         """
-        with connection(self._db) as db:
-            count, last_id, complete, frames = binary_copy.first_row(
-                db, _FRAMED_PAGE, (tag, after, size), _FRAMED_PAGE_COLUMNS
-            )
-        return FramedUsers(frames or b"", count, after, last_id or after, complete is not False)
+
+        def read(source: peewee.Database) -> FramedUsers:
+            with connection(source) as db:
+                count, last_id, complete, frames = binary_copy.first_row(
+                    db, _FRAMED_PAGE, (tag, after, size), _FRAMED_PAGE_COLUMNS
+                )
+            return FramedUsers(frames or b"", count, after, last_id or after, complete is not False)
+
+        return self._reads.run(read)
 
     def users_through(self, after: int, last_id: int) -> KeysetPage:
         """Every user with an id after ``after`` up to ``last_id``: a FramedUsers run, user by user."""
-        with connection(self._db) as db:
-            found = self._messages(db, _LIST_MESSAGES_THROUGH.execute(db, (after, last_id)).fetchall())
-        return KeysetPage([id_ for id_, _ in found], [message for _, message in found])
+
+        def read(source: peewee.Database) -> KeysetPage:
+            with connection(source) as db:
+                found = self._messages(db, _LIST_MESSAGES_THROUGH.execute(db, (after, last_id)).fetchall())
+            return KeysetPage([id_ for id_, _ in found], [message for _, message in found])
+
+        return self._reads.run(read)
 
     def sessions(self, user_id: str, after: int, limit: int) -> Page[sessions_pb2.Session]:
         """Up to ``limit`` sessions of ``user_id`` after the id ``after``; NotFound without the user."""
-        with connection(self._db) as db:
-            rows = db.execute_sql(_USER_SESSIONS, (after, limit + 1, user_id)).fetchall()
+
+        def read(source: peewee.Database) -> list[Any]:
+            with connection(source) as db:
+                found: list[Any] = db.execute_sql(_USER_SESSIONS, (after, limit + 1, user_id)).fetchall()
+                return found
+
+        rows = self._reads.run(read)
         if not rows:
             raise user_not_found(user_id)
         rows = [row for row in rows if row[0] is not None]
