@@ -16,7 +16,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server.config import ConfigError, Settings, add_arguments, settings_from_args
 
-from tests.support import TIMEOUT, RunningServer, details_of, run_grpcurl, unique
+from tests.support import (
+    TIMEOUT,
+    RunningServer,
+    details_of,
+    run_command,
+    run_grpcurl,
+    server_environment,
+    unique,
+)
 
 SECRET = "a-jwt-secret-long-enough-for-hs256-and-for-the-hs512-token-of-a-negative-test"
 
@@ -198,14 +206,58 @@ def test_a_keys_file_with_no_key_is_a_start_up_error_not_auth_off(tmp_path: Path
         Settings(api_keys_file=keys_file)
 
 
+# Every key source given but empty: as a flag, as a set variable (MEMSTORE_X= in a unit
+# file or a compose file whose secret did not arrive), blank or only separators.
+EMPTY_KEY_SOURCES = [
+    (setting, value) for setting in ("--api-keys", "--api-keys-file", "--jwt-secret") for value in ("", "   ")
+] + [("--api-keys", ","), ("--api-keys", " , ")]
+
+
+def _variable(flag: str) -> str:
+    return "MEMSTORE_" + flag.removeprefix("--").replace("-", "_").upper()
+
+
+@pytest.mark.parametrize(("setting", "value"), EMPTY_KEY_SOURCES)
 @pytest.mark.parametrize("source", ["flag", "environment"])
-def test_api_keys_given_but_empty_are_refused(source: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_key_source_given_but_empty_is_refused_never_auth_off(
+    setting: str, value: str, source: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = argparse.ArgumentParser()
-    add_arguments(parser, {"MEMSTORE_API_KEYS": " , "} if source == "environment" else {})
+    add_arguments(parser, {_variable(setting): value} if source == "environment" else {})
     with pytest.raises(SystemExit) as exited:
-        settings_from_args(parser.parse_args(["--api-keys", ","] if source == "flag" else []))
+        settings_from_args(parser.parse_args([f"{setting}={value}"] if source == "flag" else []))
     assert exited.value.code == 2
-    assert "no key in it" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert setting in error
+    assert "authentication off" in error
+
+
+def test_unset_key_sources_and_other_empty_variables_mean_unset() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, {"MEMSTORE_METRICS_LISTEN": "", "MEMSTORE_JWT_AUDIENCE": ""})
+    settings = settings_from_args(parser.parse_args([]))
+    assert (settings.api_keys, settings.api_keys_file, settings.jwt_secret) == ((), None, None)
+    assert settings.metrics_listen is None
+
+
+@pytest.mark.parametrize("secret", ["", " \t"])
+def test_settings_refuse_a_blank_jwt_secret(secret: str) -> None:
+    with pytest.raises(ConfigError, match="jwt-secret"):
+        Settings(jwt_secret=secret)
+    with pytest.raises(ConfigError, match="api-keys"):
+        Settings(api_keys=(secret,))
+
+
+@pytest.mark.process
+def test_serve_with_an_empty_secret_variable_exits_before_serving() -> None:
+    """As a deployment would start it: the secret's variable present, its value missing."""
+    environment = {**server_environment(), "MEMSTORE_JWT_SECRET": ""}
+    started = run_command(
+        ["serve", "--listen", "127.0.0.1:0", "--database-url", "postgresql:///x"], environment
+    )
+    assert started.returncode == 2, started.stderr
+    assert "MEMSTORE_JWT_SECRET" in started.stderr
+    assert "bound" not in started.stderr
 
 
 def test_the_start_up_log_states_the_mode_enforced(

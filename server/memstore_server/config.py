@@ -42,16 +42,28 @@ class Option:
     help: str
     # Turns the flag's or variable's text into the field's value; argparse reports its errors.
     parse: Callable[[str], Any] = str
+    # A source of credentials: its variable set but empty is parsed (and refused), not taken as
+    # unset, because unset means authentication off.
+    credential: bool = False
 
     @property
     def names(self) -> str:
         return f"{self.flag} / {self.env}"
 
 
-def _setting(default: Any, flag: str, help: str, parse: Callable[[str], Any] = str, **kwargs: Any) -> Any:
+def _setting(
+    default: Any,
+    flag: str,
+    help: str,
+    parse: Callable[[str], Any] = str,
+    *,
+    credential: bool = False,
+    **kwargs: Any,
+) -> Any:
     """A Settings field exposed as ``flag`` and as MEMSTORE_<FLAG>."""
     env = "MEMSTORE_" + flag.removeprefix("--").replace("-", "_").upper()
-    return dataclasses.field(default=default, metadata={"option": Option(flag, env, help, parse)}, **kwargs)
+    option = Option(flag, env, help, parse, credential)
+    return dataclasses.field(default=default, metadata={"option": option}, **kwargs)
 
 
 def _optional_path(text: str) -> Path | None:
@@ -86,12 +98,38 @@ def _optional_int(text: str) -> int | None:
     return int(text) if text.strip() else None
 
 
+# The parsers of credential settings refuse empty text (see Option.credential).
 def _key_list(text: str) -> tuple[str, ...]:
     keys = tuple(key.strip() for key in text.split(",") if key.strip())
-    if text and not keys:
-        # Given but empty would silently mean "no authentication": refuse it instead.
-        raise argparse.ArgumentTypeError("no key in it: give at least one key, or leave it unset")
+    if not keys:
+        raise argparse.ArgumentTypeError("no key in it: give at least one key")
     return keys
+
+
+def _keys_file(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: name a file of keys")
+    return Path(text)
+
+
+def _secret(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty: give the secret")
+    return text
+
+
+def _refusing_empty(option: Option) -> Callable[[str], Any]:
+    """``option.parse``, its refusal naming both spellings: the text may have come from the variable."""
+
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentTypeError(
+                f"{error}, or leave {option.names} unset; given but empty, it would turn authentication off"
+            ) from error
+
+    return parse
 
 
 @dataclass(frozen=True)
@@ -178,16 +216,23 @@ class Settings:
         "--api-keys",
         "comma-separated API keys; any key or --jwt-secret turns auth on",
         _key_list,
+        credential=True,
         repr=False,
     )
     api_keys_file: Path | None = _setting(
         None,
         "--api-keys-file",
         "file of API keys, one per line, each a key or sha256:<hex digest>",
-        _optional_path,
+        _keys_file,
+        credential=True,
     )
     jwt_secret: str | None = _setting(
-        None, "--jwt-secret", "secret that HS256 bearer JWTs must be signed with", _optional_text, repr=False
+        None,
+        "--jwt-secret",
+        "secret that HS256 bearer JWTs must be signed with",
+        _secret,
+        credential=True,
+        repr=False,
     )
     jwt_audience: str | None = _setting(
         None, "--jwt-audience", "when set, a JWT's aud claim must include it", _optional_text
@@ -245,6 +290,10 @@ class Settings:
             )
 
     def _check_tls(self) -> None:
+        if self.jwt_secret is not None and not self.jwt_secret.strip():
+            raise ConfigError(f"{OPTIONS['jwt_secret'].names} is empty; that would turn authentication off")
+        if any(not key.strip() for key in self.api_keys):
+            raise ConfigError(f"{OPTIONS['api_keys'].names}: a key is empty")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together")
         jwt_only = ("jwt_audience", "jwt_issuer", "jwt_allow_no_exp")
@@ -327,13 +376,14 @@ def add_arguments(
             continue
         shown = default_text(name)
         default: Any = _DEFAULTS[name]
-        if environ.get(option.env):
-            default = environ[option.env]  # a string: argparse parses it with option.parse
+        text = environ.get(option.env)
+        if text or (text is not None and option.credential):
+            default = text  # a string: argparse parses it with option.parse
         switch: dict[str, Any] = {"nargs": "?", "const": True} if option.parse is _switch else {}
         parser.add_argument(
             option.flag,
             dest=name,
-            type=option.parse,
+            type=_refusing_empty(option) if option.credential else option.parse,
             default=default,
             help=f"{option.help} (env {option.env}{'; default ' + shown if shown else ''})",
             **switch,
