@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -378,3 +380,47 @@ def wait_for_path_to_vanish(path: Path, timeout: float) -> bool:
     while path.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     return not path.exists()
+
+
+def trailer_bytes(error: grpc.RpcError) -> int:
+    """The bytes the error's trailers take on the wire: -bin values in base64, the message escaped."""
+    assert isinstance(error, grpc.Call)
+    total = len(quote(error.details() or "", safe=" "))
+    for key, value in error.trailing_metadata() or ():
+        total += len(key) + len(base64.b64encode(value) if isinstance(value, bytes) else value)
+    return total
+
+
+def stored_compact_size(db: peewee.Database, table: str, key: str, key_value: str) -> int:
+    """Bytes of the stored metadata as PostgreSQL prints it, less the blanks it puts after , and :."""
+    with db.connection_context():
+        (text,) = db.execute_sql(
+            f"SELECT metadata::text FROM {table} WHERE {key} = %s",
+            (key_value,),
+        ).fetchone()
+    return _compact_size(text)
+
+
+def compact_size_as_stored(db: peewee.Database, json_text: str) -> int:
+    """Bytes ``json_text`` takes once stored as jsonb (numbers written out in full), measured
+    by PostgreSQL itself, less the blanks it prints after , and :."""
+    with db.connection_context():
+        (text,) = db.execute_sql("SELECT %s::jsonb::text", (json_text,)).fetchone()
+    return _compact_size(text)
+
+
+def _compact_size(text: str) -> int:
+    blanks = sum(1 for _ in _separators(json.loads(text)))
+    return len(text.encode("utf-8")) - blanks
+
+
+def _separators(value: Any) -> Any:
+    """One item per blank PostgreSQL's jsonb output puts after a ':' or a ','."""
+    if isinstance(value, dict):
+        yield from range(len(value) + max(len(value) - 1, 0))
+        for item in value.values():
+            yield from _separators(item)
+    elif isinstance(value, list):
+        yield from range(max(len(value) - 1, 0))
+        for item in value:
+            yield from _separators(item)

@@ -6,10 +6,8 @@ INVALID_ARGUMENT naming the field, and must leave nothing stored.
 
 from __future__ import annotations
 
-import base64
 import math
 import unicodedata
-import urllib.parse
 from typing import Any
 
 import grpc
@@ -20,7 +18,7 @@ from hypothesis import strategies as st
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
 from memstore_server.validation import MAX_METADATA_BYTES, metadata_json
 
-from tests.support import TIMEOUT, details_of, expect_error, struct, unique
+from tests.support import TIMEOUT, details_of, expect_error, struct, trailer_bytes, unique
 
 PROPERTY_SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -244,15 +242,6 @@ def test_list_arguments_rule(users: users_pb2_grpc.UserServiceStub, limit: int, 
     assert all(user.id > cursor for user in response.users)
 
 
-def _trailer_bytes(error: grpc.RpcError) -> int:
-    """The bytes the error's trailers take on the wire: -bin values in base64, the message escaped."""
-    assert isinstance(error, grpc.Call)
-    total = len(urllib.parse.quote(error.details() or "", safe=" "))
-    for key, value in error.trailing_metadata() or ():
-        total += len(key) + len(base64.b64encode(value) if isinstance(value, bytes) else value)
-    return total
-
-
 @pytest.mark.parametrize(
     "case",
     ["100 NaNs in a list", "a NaN under a 5,000-character key", "200 unknown update_mask paths"],
@@ -273,7 +262,7 @@ def test_a_request_with_many_violations_gets_a_bounded_invalid_argument(
         users.UpdateUser(request, timeout=TIMEOUT)
     details = details_of(raised.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT, details
-    assert _trailer_bytes(raised.value) <= 8 * 1024
+    assert trailer_bytes(raised.value) <= 8 * 1024
     assert 1 <= len(details.violations) <= 8
     assert all(len(field) <= 160 for field in details.violations)
     count = int(details.metadata.get("violation_count", "1"))

@@ -24,7 +24,14 @@ from memstore_server.store import user_messages
 from memstore_server.store.rows import USER_COLUMNS
 from memstore_server.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, metadata_size
 
-from tests.support import TIMEOUT, create_user_request_nested, expect_error, struct, unique
+from tests.support import (
+    TIMEOUT,
+    create_user_request_nested,
+    expect_error,
+    stored_compact_size,
+    struct,
+    unique,
+)
 
 
 def nested_objects(depth: int) -> dict[str, Any]:
@@ -177,29 +184,6 @@ def test_sessions_at_the_depth_limit_read_back(sessions: sessions_pb2_grpc.Sessi
 
 
 # ---- size: one measure, on what is stored ----
-
-
-def stored_compact_size(db: peewee.Database, table: str, key: str, key_value: str) -> int:
-    """Bytes of the stored metadata as PostgreSQL prints it, less the blanks it puts after , and :."""
-    with db.connection_context():
-        (text,) = db.execute_sql(
-            f"SELECT metadata::text FROM {table} WHERE {key} = %s",
-            (key_value,),
-        ).fetchone()
-    blanks = sum(1 for _ in _separators(json.loads(text)))
-    return len(text.encode("utf-8")) - blanks
-
-
-def _separators(value: Any) -> Any:
-    """One item per blank PostgreSQL's jsonb output puts after a ':' or a ','."""
-    if isinstance(value, dict):
-        yield from range(len(value) + max(len(value) - 1, 0))
-        for item in value.values():
-            yield from _separators(item)
-    elif isinstance(value, list):
-        yield from range(max(len(value) - 1, 0))
-        for item in value:
-            yield from _separators(item)
 
 
 finite_numbers = (
