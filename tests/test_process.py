@@ -231,10 +231,22 @@ def test_healthcheck_answers_for_a_serving_server_and_names_the_address_when_not
     assert "Traceback" not in absent.stderr
 
 
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1", "localhost:port", "127.0.0.1:99999"])
+def test_healthcheck_of_a_malformed_address_is_a_usage_error_at_once(address: str) -> None:
+    started = time.monotonic()
+    refused = run_command(["healthcheck", "--listen", address, "--timeout", "30"])
+    assert refused.returncode == 2, refused.stderr
+    assert "--listen / MEMSTORE_LISTEN must be HOST:PORT" in refused.stderr
+    assert repr(address) in refused.stderr
+    assert time.monotonic() - started < 20, "it waited for an answer from an address it cannot reach"
+
+
 def test_healthcheck_help_lists_only_its_own_flags() -> None:
     shown = run_command(["healthcheck", "--help"])
     assert shown.returncode == 0
     assert "--listen" in shown.stdout
+    assert "address of the server to ask" in shown.stdout
+    assert "to serve gRPC on" not in shown.stdout
     assert "--timeout" in shown.stdout
     for foreign in ("--database-url", "--workers", "--jwt-secret", "--tls-cert", "--grace-period"):
         assert foreign not in shown.stdout

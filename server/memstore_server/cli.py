@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from memstore_server import __version__, lifecycle, logs, workers
 from memstore_server.app import ListenError
-from memstore_server.config import ConfigError, add_arguments, settings_from_args
+from memstore_server.config import OPTIONS, ConfigError, add_arguments, check_address, settings_from_args
 from memstore_server.embedded import EmbeddedPostgresMissing
 from memstore_server.errors import ServiceError
 from memstore_server.migrations import migrate
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"memstore-server {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
-        ("serve", "apply pending migrations, then serve gRPC until SIGTERM or Ctrl-C"),
+        ("serve", "apply pending migrations, then serve gRPC until SIGTERM, Ctrl-C or SIGHUP"),
         ("migrate", "apply pending schema migrations and exit"),
     ):
         add_arguments(commands.add_parser(name, help=help_text), os.environ)
@@ -41,10 +41,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Ask the gRPC health service of the server at --listen (in plaintext; "
         "a wildcard host is asked on 127.0.0.1) whether it is SERVING: exit 0, else exit 1.",
     )
-    add_arguments(probe, os.environ, only=("listen",))
+    add_arguments(
+        probe, os.environ, only=("listen",), helps={"listen": "address of the server to ask, HOST:PORT"}
+    )
     probe.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)")
     args = parser.parse_args(argv)
     if args.command == "healthcheck":
+        try:
+            check_address(OPTIONS["listen"].names, args.listen)
+        except ConfigError as error:
+            probe.error(str(error))
         return healthcheck(args.listen, args.timeout)
     try:
         settings = settings_from_args(args)

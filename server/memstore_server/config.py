@@ -252,9 +252,9 @@ class Settings:
     extra_grpc_options: tuple[tuple[str, int | str], ...] = ()
 
     def __post_init__(self) -> None:
-        _check_address(OPTIONS["listen"].names, self.listen)
+        check_address(OPTIONS["listen"].names, self.listen)
         if self.metrics_listen is not None:
-            _check_address(OPTIONS["metrics_listen"].names, self.metrics_listen)
+            check_address(OPTIONS["metrics_listen"].names, self.metrics_listen)
         for name in ("database_url", "read_database_url"):
             if getattr(self, name) is not None:
                 _check_database_url(name, getattr(self, name))
@@ -347,7 +347,8 @@ def default_text(name: str) -> str:
     return str(value)
 
 
-def _check_address(names: str, address: str) -> None:
+def check_address(names: str, address: str) -> None:
+    """Refuse ``address`` unless it is HOST:PORT with a port number; ``names`` spells the setting."""
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{names} must be HOST:PORT, got {address!r}")
@@ -363,10 +364,14 @@ def _check_database_url(name: str, url: str) -> None:
 
 
 def add_arguments(
-    parser: argparse.ArgumentParser, environ: Mapping[str, str], only: Collection[str] | None = None
+    parser: argparse.ArgumentParser,
+    environ: Mapping[str, str],
+    only: Collection[str] | None = None,
+    helps: Mapping[str, str] | None = None,
 ) -> None:
     """Declare every flag (or those of the settings named in ``only``), each defaulting to
-    its MEMSTORE_* variable, then to the built-in default.
+    its MEMSTORE_* variable, then to the built-in default. ``helps`` rewords a setting's help,
+    by field name, for a command that uses it differently (healthcheck asks --listen).
 
     A variable's text goes through the same parser as the flag's, so a bad value from
     the environment is rejected exactly as the same value given as a flag would be.
@@ -375,6 +380,7 @@ def add_arguments(
         if only is not None and name not in only:
             continue
         shown = default_text(name)
+        described = (helps or {}).get(name, option.help)
         default: Any = _DEFAULTS[name]
         text = environ.get(option.env)
         if text or (text is not None and option.credential):
@@ -385,7 +391,7 @@ def add_arguments(
             dest=name,
             type=_refusing_empty(option) if option.credential else option.parse,
             default=default,
-            help=f"{option.help} (env {option.env}{'; default ' + shown if shown else ''})",
+            help=f"{described} (env {option.env}{'; default ' + shown if shown else ''})",
             **switch,
         )
 

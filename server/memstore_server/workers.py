@@ -2,7 +2,7 @@
 
 ``memstore-server serve --workers N`` runs this supervisor: it starts N worker
 processes that each bind the same port (SO_REUSEPORT, so the kernel spreads
-connections across them) with a pool of their own, forwards SIGTERM and Ctrl-C to
+connections across them) with a pool of their own, forwards SIGTERM, Ctrl-C and SIGHUP to
 them, and exits when they have drained. Metrics from every worker are summed
 through prometheus-client's multiprocess mode and served by the supervisor.
 A worker that dies on its own stops the others: the supervisor exits non-zero and
