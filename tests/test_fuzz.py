@@ -72,6 +72,12 @@ CLIENT_ERRORS = {
 # What the error of a bad request may take in trailers, however many fields are bad.
 MAX_ERROR_TRAILER_BYTES = 8 * 1024
 KNOWN_USERS = [f"fuzz-user-{n}" for n in range(4)]
+SERVICE_METHODS = [
+    method
+    for file in (users_pb2.DESCRIPTOR, sessions_pb2.DESCRIPTOR)
+    for service in file.services_by_name.values()
+    for method in service.methods
+]
 KNOWN_SESSIONS = [f"fuzz-session-{n}" for n in range(4)]
 
 # Strings as the wire carries them (no surrogates: proto3 strings are UTF-8), control
@@ -177,7 +183,8 @@ def tally() -> Iterator[Tally]:
     yield counts
     record(
         "bad input (fuzz)",
-        f"hypothesis-generated requests to all 12 RPCs plus raw bytes ({EXAMPLES} examples each): "
+        f"hypothesis-generated requests to all {len(SERVICE_METHODS)} RPCs plus raw bytes "
+        f"({EXAMPLES} examples each): "
         "control characters, NUL, 20 kB strings, metadata 1-64 levels deep, the largest metadata, "
         "doubles of every magnitude, NaN/inf, hundreds of bad fields in one request, extreme limits "
         f"and cursors, listings over {LARGEST_COUNT} users and sessions as large as the limits allow",
@@ -369,6 +376,60 @@ def read_back_session(
 pytestmark = pytest.mark.usefixtures("seeded", "largest")
 
 
+# Requests as a caller means them (each one valid), and requests of any fields at all.
+plain_text = st.text(st.characters(exclude_categories=["Cs", "Cc"]), max_size=40)
+plain_json = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | plain_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(plain_text, inner, max_size=4),
+    max_leaves=20,
+)
+valid_create_user_requests = st.builds(
+    users_pb2.CreateUserRequest,
+    user_id=st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=40).map(
+        lambda text: "fuzz-batch-" + text
+    ),
+    email=st.sampled_from(["", "jane@example.com", "a.b+c@sub.example.org"]),
+    first_name=plain_text,
+    last_name=plain_text,
+    metadata=st.one_of(
+        st.dictionaries(plain_text.filter(lambda key: key != "__proto__"), plain_json, max_size=5),
+        st.integers(0, MAX_METADATA_DEPTH - 1).map(_deep),
+    ).map(struct),
+)
+any_create_user_requests = st.builds(
+    users_pb2.CreateUserRequest,
+    user_id=user_ids,
+    email=texts,
+    first_name=texts,
+    last_name=texts,
+    metadata=metadata_values.map(struct),
+)
+
+
+@FUZZ
+@given(
+    requests=st.lists(valid_create_user_requests, min_size=1, max_size=5, unique_by=lambda r: r.user_id)
+    | st.lists(st.one_of(valid_create_user_requests, any_create_user_requests), max_size=5)
+    | st.integers(1001, 1003).map(lambda n: [users_pb2.CreateUserRequest(user_id=f"b{i}") for i in range(n)]),
+    skip_existing=st.booleans(),
+)
+def test_batch_create_users(
+    users: users_pb2_grpc.UserServiceStub,
+    db: peewee.Database,
+    tally: Tally,
+    python_client: MemstoreClient,
+    written: Written,
+    requests: list[users_pb2.CreateUserRequest],
+    skip_existing: bool,
+) -> None:
+    """The batch form of CreateUser: the same inputs, several at once, none or all stored."""
+    request = users_pb2.BatchCreateUsersRequest(requests=requests, skip_existing=skip_existing)
+    created = check(db, tally, lambda: users.BatchCreateUsers(request, timeout=TIMEOUT))
+    if created is not None:
+        for user in created.users:
+            read_back_user(users, python_client, db, written, user)
+
+
 @FUZZ
 @given(user_id=user_ids, email=texts, first=texts, last=texts, metadata=metadata_values)
 def test_create_user(
@@ -534,12 +595,11 @@ def test_delete_session(
     check(db, tally, lambda: sessions.DeleteSession(request, timeout=TIMEOUT))
 
 
+# Every unary method of the API, as its descriptors have it, so a new one is fuzzed too.
 METHODS = [
-    f"/memstore.v1.UserService/{name}"
-    for name in ("CreateUser", "GetUser", "UpdateUser", "DeleteUser", "ListUsers", "GetUserSessions")
-] + [
-    f"/memstore.v1.SessionService/{name}"
-    for name in ("CreateSession", "GetSession", "UpdateSession", "DeleteSession", "ListSessions")
+    f"/{method.containing_service.full_name}/{method.name}"
+    for method in SERVICE_METHODS
+    if not method.client_streaming and not method.server_streaming
 ]
 
 
