@@ -221,6 +221,10 @@ LARGEST_NAME = "\U0001d11e" * 255
 LARGEST_COUNT = 14
 
 
+# A whole-table stream may take this long (see test_listings).
+STREAM_TIMEOUT = 6 * TIMEOUT
+
+
 @dataclass(frozen=True)
 class Largest:
     """Where the largest users and the largest sessions (of KNOWN_USERS[0]) start: cursors."""
@@ -527,7 +531,10 @@ def test_listings(
         chunked = users_pb2.ListUsersChunkedRequest(
             chunk_size=limit, cursor=largest.users_after if cursor is None else cursor
         )
-        whole_pages(check(db, tally, lambda: users.ListUsersChunked(chunked, timeout=TIMEOUT)) or [], "users")
+        # From an early cursor in chunks of one, the stream is a message per user of a table that the
+        # other fuzz tests fill by the thousand (BatchCreateUsers): tens of thousands of messages.
+        streamed = check(db, tally, lambda: users.ListUsersChunked(chunked, timeout=STREAM_TIMEOUT))
+        whole_pages(streamed or [], "users")
     else:
         paged = users_pb2.GetUserSessionsRequest(
             user_id=user_id, limit=limit, cursor=largest.sessions_after if cursor is None else cursor
