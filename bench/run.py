@@ -19,6 +19,7 @@ much of what Python gRPC alone allows memstore keeps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -35,8 +36,10 @@ from pathlib import Path
 import grpc
 import peewee
 import psycopg2
+import psycopg2.extensions
 from framing import length_delimited
 from harness import (
+    BENCH,
     baseline_command,
     check_get_user,
     free_port,
@@ -79,6 +82,11 @@ NOTES = """
 - One Python process serves on one core and gRPC's own threads beside it; `--workers N` runs N
   processes on one port (SO_REUSEPORT), each with its own pool. On 2 cores shared with
   PostgreSQL and h2load, the bare server's own two-process figure is the ceiling.
+- N memstore replicas behind a Kubernetes Service are N such processes on N machines; on this
+  machine they would share its cores, as workers do, so the worker figures stand for both.
+- The replica figures stream the whole table from a streaming replica made with
+  `pg_basebackup` of the benchmark's PostgreSQL (`--read-database-url`), on the same machine:
+  the primary's CPU is summed over its postmaster and every backend while the stream runs.
 - h2load sends one request body over and over, so its GetUser figures read one user; the
   Python load generator's figure reads random users. `make bench-db-paths` compares the ways
   from grpc.aio to PostgreSQL on minimal servers.
@@ -335,8 +343,9 @@ def measure_paging(run: Run, target: str) -> list[Figure]:
 
 
 def measure_workers(run: Run, one_target: str, bare_target: str) -> list[Figure]:
-    """GetUser on ``--workers 2`` against the single-process server already up at ``one_target``,
-    and the same for the bare server: what two processes can add on this machine at all."""
+    """GetUser on ``--workers 2`` and ``--workers 4`` against the single-process server already up
+    at ``one_target``, and two bare servers against one: what two processes can add on this
+    machine at all."""
     figure = Figure(
         f"GetUser requests/s, 2 server processes (--workers 2), h2load ({WORKERS_SHAPE}, one user)",
         "1 process (the same, without --workers)",
@@ -350,14 +359,21 @@ def measure_workers(run: Run, one_target: str, bare_target: str) -> list[Figure]
         "one grpc.aio process already keeps more than one core busy (gRPC's own threads run "
         "outside the interpreter lock)",
     )
-    two_target = local_target()
-    with memstore(run, two_target, "memstore-workers", "--workers", "2"):
-        alternate(
-            figure,
-            run.runs,
-            h2load_get_user(run, two_target, WORKERS_SHAPE),
-            h2load_get_user(run, one_target, WORKERS_SHAPE),
-        )
+    four = Figure(
+        f"GetUser requests/s, 4 server processes (--workers 4), h2load ({WORKERS_SHAPE}, one user)",
+        "1 process (the same, without --workers)",
+        target="",
+        note=f"no target: 4 processes on {os.cpu_count()} cores shared with PostgreSQL and h2load",
+    )
+    for workers, measured in ((2, figure), (4, four)):
+        many_target = local_target()
+        with memstore(run, many_target, f"memstore-workers-{workers}", "--workers", str(workers)):
+            alternate(
+                measured,
+                run.runs,
+                h2load_get_user(run, many_target, WORKERS_SHAPE),
+                h2load_get_user(run, one_target, WORKERS_SHAPE),
+            )
     shared_target = local_target()
     sharing = baseline_command(shared_target, share_port=True)
     with (
@@ -372,7 +388,92 @@ def measure_workers(run: Run, one_target: str, bare_target: str) -> list[Figure]
             h2load_get_user(run, shared_target, WORKERS_SHAPE),
             h2load_get_user(run, bare_target, WORKERS_SHAPE),
         )
-    return [figure, ceiling]
+    return [figure, four, ceiling]
+
+
+def postgres_cpu_seconds(pgdata: Path) -> float:
+    """CPU seconds used so far by the PostgreSQL of ``pgdata``: its postmaster and every child
+    (backends included, which memstore's pool keeps for the whole run), from /proc."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                # Fields after the command (which may hold spaces): state, ppid, ... utime, stime.
+                stats[int(entry.name)] = (entry / "stat").read_text().rpartition(")")[2].split()
+    family, tick = {postmaster}, os.sysconf("SC_CLK_TCK")
+    for pid, fields in stats.items():
+        if int(fields[1]) == postmaster:
+            family.add(pid)
+    return sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in family if pid in stats) / tick
+
+
+def streamed_with_cpu(target: str, pgdata: Path, users: int) -> tuple[float, float]:
+    """Users/s of one whole-table stream from ``target``, and the primary's CPU (%) meanwhile."""
+    cpu_before, started = postgres_cpu_seconds(pgdata), time.perf_counter()
+    rate, count = stream_users(target, CHUNK)
+    cpu = (postgres_cpu_seconds(pgdata) - cpu_before) / (time.perf_counter() - started) * 100
+    if count < users:
+        raise RuntimeError(f"streamed {count} of {users} users")
+    return rate, cpu
+
+
+def replica_caught_up(primary_url: str, replica_url: str, seconds: float = 600) -> None:
+    """Wait until the replica has replayed all the primary had written when called."""
+    with contextlib.closing(psycopg2.connect(primary_url)) as primary, primary.cursor() as cur:
+        cur.execute("SELECT pg_current_wal_lsn()::text")
+        (target,) = cur.fetchone() or ("0/0",)
+    deadline = time.monotonic() + seconds
+    with contextlib.closing(psycopg2.connect(replica_url)) as replica:
+        replica.autocommit = True
+        while time.monotonic() < deadline:
+            with replica.cursor() as cur:
+                cur.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,))
+                row = cur.fetchone()
+                if row and row[0]:
+                    return
+            time.sleep(0.2)
+    raise RuntimeError("the replica did not catch up")
+
+
+def measure_replica_stream(run: Run, primary_target: str, pgdata: Path) -> list[Figure]:
+    """A whole-table stream served by a streaming replica against one served by the primary,
+    and the primary's PostgreSQL CPU during each (the replica is a pg_basebackup of it)."""
+    sys.path.insert(0, str(BENCH.parent))  # the test suite's primary/replica helper
+    from tests import postgres_cluster
+
+    stream = Figure(
+        "ListUsersChunked users/s, whole table, served by a streaming replica (--read-database-url)",
+        "the same served by the primary",
+        target="",
+        note="no target: the replica shares the machine's cores with the primary, server and client",
+    )
+    cpu = Figure(
+        "primary PostgreSQL CPU % during a whole-table stream served by the replica",
+        "during the same stream served by the primary",
+        target="<= 0.2",
+    )
+    params = psycopg2.extensions.parse_dsn(run.url)
+    source = f"host={params['host']} port={params.get('port', '5432')} user={params.get('user', 'postgres')}"
+    log("making a streaming replica (pg_basebackup)")
+    replica = postgres_cluster.replica(run.work / "replica", "bench-replica", source, statement_counts=False)
+    try:
+        replica_url = replica.url(params["dbname"])
+        replica_caught_up(run.url, replica_url)
+        replica_target = local_target()
+        with memstore(run, replica_target, "memstore-replica", "--read-database-url", replica_url):
+            for number in range(run.runs):
+                pair = [
+                    (replica_target, stream.values, cpu.values),
+                    (primary_target, stream.baselines, cpu.baselines),
+                ]
+                for target, rates, cpus in pair if number % 2 == 0 else pair[::-1]:
+                    rate, used = streamed_with_cpu(target, pgdata, run.users)
+                    rates.append(rate)
+                    cpus.append(used)
+    finally:
+        replica.stop("fast")
+    return [stream, cpu]
 
 
 def measure_create(run: Run, target: str, get_user: Figure) -> Figure:
@@ -404,6 +505,7 @@ def measure(run: Run) -> list[Figure]:
         rss = Figure("server RSS after streaming every user, MB", "idle, after warm-up", "< idle + 100 MB")
         rss.values, rss.baselines = [rss_mb(server.pid)], [idle]
         figures += [*measure_paging(run, one_target), rss]
+        figures += measure_replica_stream(run, one_target, run.work / "data" / "postgres")
         if have_h2load():
             figures += measure_workers(run, one_target, bare_target)
         figures.append(measure_create(run, one_target, get_user))
