@@ -13,7 +13,7 @@ help:
 	@echo "make lint     ruff, mypy, buf, hadolint, Kubernetes schemas, tsc and eslint"
 	@echo "make proto    regenerate the Python and TypeScript stubs from protos/"
 	@echo "make fuzz     the property-based suite with many more cases"
-	@echo "make reliability  fault, crash and fuzz tests; figures into RELIABILITY.md"
+	@echo "make reliability  fault, failover, crash and fuzz tests; figures into RELIABILITY.md"
 	@echo "make bench    speed figures beside same-run baselines, into BENCHMARKS.md (bench-quick: 1 minute)"
 	@echo "make bench-db-paths  compare ways from grpc.aio to PostgreSQL on minimal servers (2 minutes)"
 	@echo "make clean    remove the virtualenv and the embedded database"
@@ -73,10 +73,11 @@ clean:
 fuzz: $(INSTALLED)
 	MEMSTORE_FUZZ_EXAMPLES=$${MEMSTORE_FUZZ_EXAMPLES:-3000} $(BIN)/pytest -q tests/test_fuzz.py tests/test_input_limits.py
 
-# The fault, crash and fuzz tests, their figures written into RELIABILITY.md.
+# The fault, failover, crash and fuzz tests, their figures written into RELIABILITY.md.
 reliability: $(INSTALLED)
 	MEMSTORE_RELIABILITY_REPORT=RELIABILITY.md MEMSTORE_FUZZ_EXAMPLES=$${MEMSTORE_FUZZ_EXAMPLES:-1000} \
-		$(BIN)/pytest -q tests/test_faults.py tests/test_crash_and_shutdown.py tests/test_fuzz.py
+		$(BIN)/pytest -q tests/test_faults.py tests/test_failover.py tests/test_replicas.py \
+		tests/test_crash_and_shutdown.py tests/test_fuzz.py
 
 # Speed, each figure beside a baseline of the same run; writes BENCHMARKS.md.
 bench: $(INSTALLED) h2load

@@ -2,8 +2,8 @@
 
 Debian's ``pgbouncer`` package is used; when it is missing, it is installed
 here with apt-get (as root, which the test machines and CI are). Where that
-cannot be done, ``unavailable_reason`` says why and the tests that need it
-are skipped with that message. PgBouncer refuses to run as root, so it runs as
+cannot be done, ``installed`` says why and the tests that need it are
+skipped with that message. PgBouncer refuses to run as root, so it runs as
 the same unprivileged OS user as the test servers (tests/postgres_cluster.py).
 It is a child process of the tests, stopped by its own pid.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg2.extensions
 
-from tests.postgres_cluster import OS_USER, free_port, prepare_for_os_user
+from tests.postgres_cluster import as_server_user, free_port, prepare_for_os_user
 
 _APT_TIMEOUT = 600
 _CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
@@ -135,14 +135,13 @@ def running(binary: str, server_url: str, folder: Path) -> Iterator[Bouncer]:
     )
     for name in ("users.txt", "pgbouncer.ini"):
         (folder / name).chmod(0o644)
-    as_root = os.geteuid() == 0
-    process = subprocess.Popen(
-        [binary, str(folder / "pgbouncer.ini")],
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / "pgbouncer.err").open("wb"),
-        stdin=subprocess.DEVNULL,
-        user=OS_USER if as_root else None,
-    )
+    with (folder / "pgbouncer.err").open("wb") as errors:
+        process = subprocess.Popen(
+            as_server_user([binary, str(folder / "pgbouncer.ini")]),
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         _wait_for_port("127.0.0.1", listen, process, folder)
         yield Bouncer("127.0.0.1", listen, folder)

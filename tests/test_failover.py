@@ -11,7 +11,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +22,7 @@ from memstore_server.config import Settings
 from memstore_server.database import open_database
 from memstore_server.migrations import migrate
 
-from tests.postgres_cluster import Node, caught_up, primary, streaming_pair, wait_for
+from tests.postgres_cluster import Node, caught_up, primary, scratch, streaming_pair, wait_for
 from tests.reliability import record
 from tests.support import TIMEOUT, RunningServer, details_of, expect_error, unique
 
@@ -103,10 +102,8 @@ def present(node: Node, user_ids: list[str]) -> set[str]:
     return {row[0] for row in node.sql("SELECT user_id FROM users WHERE user_id = ANY(%s)", (user_ids,))}
 
 
-def test_promotion_of_the_synchronous_replica_is_survived_with_no_acknowledged_write_lost(
-    tmp_path: Path,
-) -> None:
-    with streaming_pair(tmp_path, synchronous=True) as (old_primary, standby):
+def test_promotion_of_the_synchronous_replica_is_survived_with_no_acknowledged_write_lost() -> None:
+    with scratch() as folder, streaming_pair(folder, synchronous=True) as (old_primary, standby):
         db = open_database(multi_host_url(old_primary, standby), pool_size=4, pool_timeout=2)
         migrate(db)
         try:
@@ -146,8 +143,8 @@ def test_promotion_of_the_synchronous_replica_is_survived_with_no_acknowledged_w
     )
 
 
-def test_a_demoted_primary_is_left_for_the_promoted_one(tmp_path: Path) -> None:
-    with streaming_pair(tmp_path) as (old_primary, standby):
+def test_a_demoted_primary_is_left_for_the_promoted_one() -> None:
+    with scratch() as folder, streaming_pair(folder) as (old_primary, standby):
         db = open_database(multi_host_url(old_primary, standby), pool_size=4, pool_timeout=2)
         migrate(db)
         caught_up(old_primary, standby)
@@ -181,12 +178,13 @@ def test_a_demoted_primary_is_left_for_the_promoted_one(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def lone_primary(tmp_path: Path) -> Iterator[Node]:
-    node = primary(tmp_path)
-    try:
-        yield node
-    finally:
-        node.stop("immediate")
+def lone_primary() -> Iterator[Node]:
+    with scratch() as folder:
+        node = primary(folder)
+        try:
+            yield node
+        finally:
+            node.stop("immediate")
 
 
 def test_writes_to_a_read_only_server_are_unavailable_and_drop_their_connection(lone_primary: Node) -> None:

@@ -27,6 +27,7 @@ from psycopg2 import sql
 
 from tests import pgbouncer
 from tests.conftest import POOLER_ENV, TEST_DATABASE_ENV
+from tests.postgres_cluster import Node, primary, scratch
 from tests.support import (
     SERVER_COMMAND,
     TIMEOUT,
@@ -52,17 +53,33 @@ CONTRACT_TESTS = (
 
 
 @pytest.fixture(scope="module")
-def bouncer(admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[pgbouncer.Bouncer]:
+def backend() -> Iterator[tuple[Node, Path]]:
+    """A PostgreSQL of this module's own, on a loopback port, and a scratch folder beside it.
+
+    Not the suite's server: PgBouncer runs as an unprivileged user, which must reach the
+    server (the embedded one listens on a socket in a folder of root's) and its own files."""
+    with scratch() as folder:
+        node = primary(folder / "server")
+        try:
+            yield node, folder
+        finally:
+            node.stop("immediate")
+
+
+@pytest.fixture(scope="module")
+def bouncer(backend: tuple[Node, Path]) -> Iterator[pgbouncer.Bouncer]:
     binary, reason = pgbouncer.installed()
     if binary is None:
         pytest.skip(reason)
-    with pgbouncer.running(binary, admin_url, tmp_path_factory.mktemp("pgbouncer")) as running_bouncer:
+    node, folder = backend
+    with pgbouncer.running(binary, node.url("postgres"), folder / "pgbouncer") as running_bouncer:
         yield running_bouncer
 
 
 @pytest.fixture
-def fresh_database(admin_url: str) -> Iterator[str]:
+def fresh_database(backend: tuple[Node, Path]) -> Iterator[str]:
     """An empty database made directly on the server (its URL there), dropped afterwards."""
+    admin_url = backend[0].url("postgres")
     name = f"memstore_pooled_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(admin_url)
     admin.autocommit = True
@@ -79,17 +96,20 @@ def fresh_database(admin_url: str) -> Iterator[str]:
 
 
 def test_the_contract_tests_pass_through_pgbouncer_in_transaction_mode(
-    bouncer: pgbouncer.Bouncer, admin_url: str
+    bouncer: pgbouncer.Bouncer, backend: tuple[Node, Path]
 ) -> None:
+    node, folder = backend
     before = bouncer.stats()
     env = {
         **server_environment(),
-        TEST_DATABASE_ENV: admin_url,
+        TEST_DATABASE_ENV: node.url("postgres"),
         POOLER_ENV: f"{bouncer.host}:{bouncer.port}",
     }
     env.pop("MEMSTORE_RELIABILITY_REPORT", None)
+    # A base folder of its own: a pytest that starts makes the shared one private again.
+    options = ["-q", "-p", "no:cacheprovider", "-x", f"--basetemp={folder / 'pytest'}"]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *CONTRACT_TESTS],
+        [sys.executable, "-m", "pytest", *options, *CONTRACT_TESTS],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -11,7 +11,9 @@ import contextlib
 import logging
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,10 +25,11 @@ from memstore_server.config import ConfigError, Settings
 from memstore_server.database import open_database
 from memstore_server.migrations import migrate
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.postgres_cluster import Node, caught_up, statement_calls, streaming_pair, wait_for
+from tests.postgres_cluster import Node, caught_up, scratch, statement_calls, streaming_pair, wait_for
 from tests.reliability import record
-from tests.support import TIMEOUT, RunningServer, unique
+from tests.support import TIMEOUT, RunningServer, free_port, running, unique, wait_until_serving
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 REPLICA_LOGGER = "memstore_server.replica"
@@ -43,8 +46,8 @@ INSERT_USER = "INSERT INTO"
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
-    with streaming_pair(tmp_path_factory.mktemp("replication")) as nodes:
+def pair() -> Iterator[tuple[Node, Node]]:
+    with scratch() as folder, streaming_pair(folder) as nodes:
         yield nodes
 
 
@@ -330,7 +333,15 @@ def test_a_thousand_bulk_reads_at_once_stay_within_the_replica_pool(
             peak = max(peak, int(count))
             time.sleep(0.01)
 
-    with replicated(replica, primary_db, db_pool_size=4, read_db_pool_size=2) as served:
+    primary.sql(
+        "INSERT INTO users (user_id) "
+        "SELECT 'crowd-' || g || '-' || md5(random()::text) FROM generate_series(1, 10) AS g"
+    )
+    caught_up(primary, replica)
+    # Calls queue for the two connections; on a loaded machine the default 5 s would refuse some
+    # (UNAVAILABLE, DATABASE_POOL_EXHAUSTED, as it should), which is not what is tested here.
+    settings = {"db_pool_size": 4, "read_db_pool_size": 2, "db_pool_timeout": 60}
+    with replicated(replica, primary_db, **settings) as served:
         assert wait_for(replica_available, 10, "the replica available")
         reset_counts(primary, replica)
         sampler = threading.Thread(target=sample)
@@ -389,3 +400,49 @@ def test_replica_settings_are_checked(settings: dict[str, Any], message: str) ->
 def test_the_read_pool_is_as_large_as_the_primary_pool_unless_told() -> None:
     assert Settings(db_pool_size=7).read_pool_size == 7
     assert Settings(db_pool_size=7, read_db_pool_size=3).read_pool_size == 3
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.process
+def test_worker_processes_each_read_the_replica_and_the_supervisor_sums_their_metrics(
+    pair: tuple[Node, Node], primary_db: peewee.Database, tmp_path: Path
+) -> None:
+    primary, replica = pair
+    target, metrics_listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    args = [
+        "serve",
+        *("--database-url", primary.url(), "--read-database-url", replica.url()),
+        *("--read-db-pool-size", "3", "--listen", target, "--workers", "2"),
+        *("--metrics-listen", metrics_listen, "--health-interval", "0.2", "--grace-period", "2"),
+    ]
+    with running(args, tmp_path) as process:
+        wait_until_serving(process, target)
+        url = f"http://{metrics_listen}/metrics"
+        wait_for(
+            lambda: _metrics(url).get(("memstore_db_replica_available", ())) == 1,
+            10,
+            "both workers on the replica",
+        )
+        reset_counts(primary, replica)
+        for number in range(20):
+            with grpc.insecure_channel(target, options=[("grpc.channel_id", number)]) as channel:
+                users_pb2_grpc.UserServiceStub(channel).ListUsers(
+                    users_pb2.ListUsersRequest(limit=3), timeout=TIMEOUT
+                )
+        samples = _metrics(url)
+        process.terminate()
+        assert process.wait_for_exit(15) == 0, process.log()
+    assert statement_calls(replica, LIST_USERS) == 20
+    assert statement_calls(primary, LIST_USERS) == 0
+    assert samples[("memstore_db_pool_max_connections", (("pool", "replica"),))] == 6  # 2 workers x 3
+    assert samples[("memstore_db_replica_lag_seconds", ())] == 0
+    assert "read replica available" in process.log()
