@@ -11,7 +11,6 @@ import contextlib
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,18 @@ from memstore_server.config import ConfigError, Settings
 from memstore_server.database import open_database
 from memstore_server.migrations import migrate
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.postgres_cluster import Node, caught_up, scratch, statement_calls, streaming_pair, wait_for
 from tests.reliability import record
-from tests.support import TIMEOUT, RunningServer, free_port, running, unique, wait_until_serving
+from tests.support import (
+    TIMEOUT,
+    RunningServer,
+    free_port,
+    running,
+    scrape_metrics,
+    unique,
+    wait_until_serving,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 REPLICA_LOGGER = "memstore_server.replica"
@@ -402,16 +408,6 @@ def test_the_read_pool_is_as_large_as_the_primary_pool_unless_told() -> None:
     assert Settings(db_pool_size=7, read_db_pool_size=3).read_pool_size == 3
 
 
-def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 @pytest.mark.process
 def test_worker_processes_each_read_the_replica_and_the_supervisor_sums_their_metrics(
     pair: tuple[Node, Node], primary_db: peewee.Database, tmp_path: Path
@@ -428,7 +424,7 @@ def test_worker_processes_each_read_the_replica_and_the_supervisor_sums_their_me
         wait_until_serving(process, target)
         url = f"http://{metrics_listen}/metrics"
         wait_for(
-            lambda: _metrics(url).get(("memstore_db_replica_available", ())) == 1,
+            lambda: scrape_metrics(url).get(("memstore_db_replica_available", ())) == 1,
             10,
             "both workers on the replica",
         )
@@ -438,7 +434,7 @@ def test_worker_processes_each_read_the_replica_and_the_supervisor_sums_their_me
                 users_pb2_grpc.UserServiceStub(channel).ListUsers(
                     users_pb2.ListUsersRequest(limit=3), timeout=TIMEOUT
                 )
-        samples = _metrics(url)
+        samples = scrape_metrics(url)
         process.terminate()
         assert process.wait_for_exit(15) == 0, process.log()
     assert statement_calls(replica, LIST_USERS) == 20

@@ -13,7 +13,6 @@ import logging
 import socket
 import statistics
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +32,7 @@ from tests.support import (
     details_of,
     free_port,
     running,
+    scrape_metrics,
     unique,
     wait_for,
     wait_until_serving,
@@ -100,12 +100,7 @@ def idle_connections(port: int, count: int) -> Iterator[None]:
 
 def _open_streams(metrics_port: int) -> float:
     """The server's own count of open response streams, read off its Prometheus endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith("memstore_open_streams "):
-            return float(line.split()[1])
-    raise AssertionError("no memstore_open_streams in /metrics")
+    return scrape_metrics(f"http://127.0.0.1:{metrics_port}/metrics")[("memstore_open_streams", ())]
 
 
 @pytest.mark.process
