@@ -101,12 +101,14 @@ class DeleteUserResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListUsersRequest(_message.Message):
-    __slots__ = ("limit", "cursor")
+    __slots__ = ("limit", "cursor", "filter")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     limit: int
     cursor: int
-    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[int] = ...) -> None: ...
+    filter: str
+    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[int] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class ListUsersResponse(_message.Message):
     __slots__ = ("users", "next_cursor")
