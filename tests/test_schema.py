@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 from memstore_server.database import open_database
 from memstore_server.errors import FailedPrecondition
+from memstore_server.filtering import SESSIONS, USERS, compile_filter
 from memstore_server.migrations import LATEST_VERSION, MIGRATIONS, applied_versions, migrate
 from memstore_server.models import Session, User
 from memstore_server.store import sessions as session_queries
@@ -129,3 +130,54 @@ def test_a_range_of_users_is_read_through_the_primary_key(db: peewee.Database) -
     plan = _plan(db, user_queries._LIST_MESSAGES_THROUGH.text, (0, 10))
     assert "users_pkey" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def _filtered(resource: str, text: str) -> tuple[str, tuple[object, ...]]:
+    """The page query of a filtered listing, as the store runs it, and its parameters."""
+    condition = compile_filter(text, USERS if resource == "users" else SESSIONS)
+    assert condition is not None
+    if resource == "users":
+        return user_queries._FILTERED_PAGE.format(condition.sql), (0, *condition.params, 101)
+    return session_queries._FILTERED_SESSIONS.format(condition.sql), (0, *condition.params, 101)
+
+
+@pytest.mark.parametrize(
+    ("resource", "text", "index"),
+    [
+        ("users", 'metadata.plan = "pro"', "users_metadata_idx"),
+        ("users", "metadata.plan.tier = 3 AND metadata.active = true", "users_metadata_idx"),
+        ("users", 'email = "Jane@Example.com"', "users_email_lower_idx"),
+        ("users", 'email = "jane*"', "users_email_lower_idx"),
+        ("users", 'email >= "m"', "users_email_lower_idx"),
+        ("users", 'created_at > "2026-01-02T03:04:05Z"', "users_created_at_idx"),
+        ("users", 'updated_at <= "2026-01-02T03:04:05Z"', "users_updated_at_idx"),
+        ("sessions", 'metadata.kind = "chat"', "sessions_metadata_idx"),
+        ("sessions", 'created_at > "2026-01-02T03:04:05Z"', "sessions_created_at_idx"),
+        ("sessions", 'updated_at < "2026-01-02T03:04:05Z"', "sessions_updated_at_idx"),
+    ],
+)
+def test_common_filters_are_served_by_their_index(
+    db: peewee.Database, resource: str, text: str, index: str
+) -> None:
+    """Filtered pages never read the whole table: with the primary key's order scan forbidden
+    too (it would read until a page is found), the filter's own index must serve."""
+    query, params = _filtered(resource, text)
+    with db.connection_context(), db.atomic():
+        db.execute_sql("SET LOCAL enable_seqscan = off")
+        db.execute_sql("SET LOCAL enable_indexscan = off")  # leaves bitmap scans: the filter's index
+        plan = "\n".join(row[0] for row in db.execute_sql(f"EXPLAIN {query}", params).fetchall())
+    assert index in plan, plan
+    assert "Seq Scan" not in plan, plan
+
+
+def test_the_filter_indexes_of_the_models_exist(db: peewee.Database) -> None:
+    with db.connection_context():
+        found = {row[0] for row in db.execute_sql("SELECT indexname FROM pg_indexes").fetchall()}
+    declared = {
+        index._name
+        for model in (User, Session)
+        for index in model._meta.fields_to_index()
+        if index._name.endswith("_idx")
+    }
+    assert "users_metadata_idx" in declared
+    assert declared <= found, declared - found
