@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
+from memstore_server.config import Settings
 
-from tests.support import TIMEOUT, details_of, expect_error, struct
+from tests.support import TIMEOUT, RunningServer, bulk_users, details_of, expect_error, struct
 
 pytestmark = pytest.mark.usefixtures("empty_store")
 
@@ -692,3 +693,24 @@ def test_concurrent_filtered_listings_and_counts_agree(
     for text, (found, counted) in zip(texts, results, strict=True):
         assert found == listed(users, text), text
         assert counted == len(found), text
+
+
+def test_filtered_stream_pages_read_again_user_by_user_keep_the_filter(
+    db: peewee.Database, start_server: Callable[[Settings], RunningServer]
+) -> None:
+    """Pages too large for one message (and users lacking stored bytes) are read again by id
+    range: only the matching users of that range may come back."""
+    limit = 1024 * 1024
+    ids = bulk_users(db, 60, pad=60_000)  # no stored bytes yet, and eighteen pass the limit
+    handle = start_server(Settings(listen="127.0.0.1:0", max_message_bytes=limit))
+    with grpc.insecure_channel(
+        f"127.0.0.1:{handle.port}", options=[("grpc.max_receive_message_length", limit)]
+    ) as channel:
+        stub = users_pb2_grpc.UserServiceStub(channel)
+        request = users_pb2.ListUsersChunkedRequest(
+            chunk_size=1000, filter="metadata.n > 20 AND metadata.n <= 50"
+        )
+        messages = list(stub.ListUsersChunked(request, timeout=TIMEOUT))
+    assert len(messages) > 1
+    assert [u.id for m in messages for u in m.users] == ids[20:50]
+    assert messages[-1].next_cursor == 0
