@@ -8,9 +8,13 @@ checks that the server selects exactly the users a small evaluator here selects.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
+import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 import grpc
@@ -21,7 +25,16 @@ from hypothesis import strategies as st
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
 from memstore_server.config import Settings
 
-from tests.support import TIMEOUT, RunningServer, bulk_users, details_of, expect_error, struct
+from tests.support import (
+    GRPCURL,
+    TIMEOUT,
+    RunningServer,
+    ServerAddress,
+    bulk_users,
+    details_of,
+    expect_error,
+    struct,
+)
 
 pytestmark = pytest.mark.usefixtures("empty_store")
 
@@ -714,3 +727,26 @@ def test_filtered_stream_pages_read_again_user_by_user_keep_the_filter(
     assert len(messages) > 1
     assert [u.id for m in messages for u in m.users] == ids[20:50]
     assert messages[-1].next_cursor == 0
+
+
+def test_the_readme_filtering_examples_work_as_pasted(server: ServerAddress, repo_root: Path) -> None:
+    """The grpcurl block of the README's Filtering section, run as written (against this suite's
+    server): every call succeeds but the one shown failing, and each answers what it should."""
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("\n## Filtering") :]
+    block = section[section.index("```sh\n") + 6 : section.index("\n```", section.index("```sh\n"))]
+    assert "alias grpcurl=.venv/bin/grpcurl" in block
+    script = block.replace("alias grpcurl=.venv/bin/grpcurl", f'grpcurl() {{ "{GRPCURL}" "$@"; }}').replace(
+        "localhost:50051", server.target
+    )
+    ran = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert ran.stderr.count("ERROR:") == 1, ran.stderr
+    assert "INVALID_FILTER" in ran.stderr
+    assert "at character 17: session_count is an integer" in ran.stderr
+    answers = [json.loads(part) for part in re.split(r"(?<=\n})\n(?=\{)", ran.stdout.strip())]
+    assert [user["user_id"] for user in answers[0]["users"]] == ["ann", "bob", "cy"]  # BatchCreateUsers
+    assert [user["user_id"] for user in answers[1]["users"]] == ["ann"]  # metadata.plan = "pro"
+    assert answers[2] == {"count": "1"}  # cy: an example.com address and no plan
+    assert [user["user_id"] for user in answers[3]["users"]] == ["ann", "bob"]  # the stream's one chunk
+    assert answers[4] == {"count": "1"}  # cy's plan-v2 tier
+    assert answers[6] == {"count": "1"}  # after answers[5], the session created
