@@ -33,6 +33,7 @@ from tests.support import (
     free_port,
     running,
     scrape_metrics,
+    struct,
     unique,
     wait_until_serving,
 )
@@ -183,6 +184,44 @@ def test_bulk_reads_run_on_the_replica_point_reads_and_writes_on_the_primary(
             assert statement_calls(replica, point) == 0, f"{point!r} ran on the replica"
         # The read pool is a pool of its own, labelled so in the metrics.
         assert REGISTRY.get_sample_value("memstore_db_pool_max_connections", {"pool": "replica"}) == 16
+
+
+def test_filtered_listings_and_counts_run_on_the_replica(
+    pair: tuple[Node, Node], primary_db: peewee.Database
+) -> None:
+    primary, replica = pair
+    with replicated(replica, primary_db) as served:
+        assert wait_for(replica_available, 10, "the replica available")
+        tag = unique("counted")
+        served.users.CreateUser(
+            users_pb2.CreateUserRequest(user_id=tag, metadata=struct({"tag": tag})), timeout=TIMEOUT
+        )
+        served.sessions.CreateSession(
+            sessions_pb2.CreateSessionRequest(session_id=tag, metadata=struct({"tag": tag})), timeout=TIMEOUT
+        )
+        caught_up(primary, replica)
+        reset_counts(primary, replica)
+
+        text = f'metadata.tag = "{tag}"'
+        assert served.users.CountUsers(users_pb2.CountUsersRequest(filter=text), timeout=TIMEOUT).count == 1
+        assert (
+            served.sessions.CountSessions(
+                sessions_pb2.CountSessionsRequest(filter=text), timeout=TIMEOUT
+            ).count
+            == 1
+        )
+        page = served.users.ListUsers(users_pb2.ListUsersRequest(filter=text), timeout=TIMEOUT)
+        assert [user.user_id for user in page.users] == [tag]
+        chunks = served.users.ListUsersChunked(
+            users_pb2.ListUsersChunkedRequest(filter=text), timeout=TIMEOUT
+        )
+        assert [user.user_id for chunk in chunks for user in chunk.users] == [tag]
+        listed = served.sessions.ListSessions(sessions_pb2.ListSessionsRequest(filter=text), timeout=TIMEOUT)
+        assert [session.session_id for session in listed.sessions] == [tag]
+
+        for bulk in ("count(*) FROM users", "count(*) FROM sessions", LIST_USERS, STREAM_PAGE, LIST_SESSIONS):
+            assert statement_calls(replica, bulk) >= 1, f"{bulk!r} did not run on the replica"
+            assert statement_calls(primary, bulk) == 0, f"{bulk!r} ran on the primary"
 
 
 def test_a_stream_from_the_replica_is_complete_and_free_of_duplicates_under_writes(

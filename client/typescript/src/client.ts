@@ -16,7 +16,9 @@ import { UserService } from "./gen/memstore/v1/users_pb.js";
 import {
   type CallOptions,
   type CreateSessionRequest,
+  type BatchAddOptions,
   type CreateUserRequest,
+  type FilterOptions,
   type ListSessionsOptions,
   type Session,
   type StreamOptions,
@@ -130,14 +132,31 @@ export class UserClient {
   }
 
   /**
-   * One page of users in `id` order after `cursor` (0: from the start). `limit` 0 means
-   * the server's default (100), at most 1000. For the next page pass the last user's `id`.
+   * One page of users in `id` order after `cursor` (0: from the start), only those matching
+   * `options.filter` when given. `limit` 0 means the server's default (100), at most 1000.
+   * For the next page pass the last user's `id` (and the same filter).
    */
-  async list(limit = 0, cursor: number | bigint = 0, options?: CallOptions): Promise<User[]> {
-    const response = await this.#caller.call(
-      (o) => this.#stub.listUsers({ limit, cursor: toCursor(cursor) }, o),
-      options,
-    );
+  async list(limit = 0, cursor: number | bigint = 0, options?: FilterOptions): Promise<User[]> {
+    const request = { limit, cursor: toCursor(cursor), filter: options?.filter ?? "" };
+    const response = await this.#caller.call((o) => this.#stub.listUsers(request, o), options);
+    return response.users.map(userFromMessage);
+  }
+
+  /** How many users match `options.filter` (every user without one). */
+  async count(options?: FilterOptions): Promise<number> {
+    const request = { filter: options?.filter ?? "" };
+    const response = await this.#caller.call((o) => this.#stub.countUsers(request, o), options);
+    return Number(response.count);
+  }
+
+  /**
+   * Creates 1 to 1,000 users in one transaction, all or none, and returns them in request
+   * order. A `user_id` that exists (or comes twice) is AlreadyExistsError and nothing is
+   * created, unless `options.skip_existing`: existing users are then left alone and left out.
+   */
+  async batchAdd(requests: readonly CreateUserRequest[], options?: BatchAddOptions): Promise<User[]> {
+    const request = { requests: requests.map(createUserMessage), skipExisting: options?.skip_existing ?? false };
+    const response = await this.#caller.call((o) => this.#stub.batchCreateUsers(request, o), options);
     return response.users.map(userFromMessage);
   }
 
@@ -177,7 +196,8 @@ export class UserClient {
       const attempt = new AbortController();
       const signal = options.signal === undefined ? attempt.signal : AbortSignal.any([options.signal, attempt.signal]);
       try {
-        for await (const message of this.#stub.listUsersChunked({ chunkSize, cursor: next }, { signal })) {
+        const request = { chunkSize, cursor: next, filter: options.filter ?? "" };
+        for await (const message of this.#stub.listUsersChunked(request, { signal })) {
           failures = 0;
           next = message.nextCursor;
           yield message.users.map(userFromMessage);
@@ -238,11 +258,26 @@ export class SessionClient {
     await this.#caller.call((o) => this.#stub.deleteSession({ sessionId: session_id }, o), options);
   }
 
-  /** One page of sessions in `id` order after `cursor`, optionally only those of `options.user_id`. */
+  /**
+   * One page of sessions in `id` order after `cursor`, optionally only those of `options.user_id`
+   * and only those matching `options.filter`.
+   */
   async list(limit = 0, cursor: number | bigint = 0, options?: ListSessionsOptions): Promise<Session[]> {
-    const request = { limit, cursor: toCursor(cursor), userId: options?.user_id ?? "" };
+    const request = {
+      limit,
+      cursor: toCursor(cursor),
+      userId: options?.user_id ?? "",
+      filter: options?.filter ?? "",
+    };
     const response = await this.#caller.call((o) => this.#stub.listSessions(request, o), options);
     return response.sessions.map(sessionFromMessage);
+  }
+
+  /** How many sessions match `options.filter` (every session without one). */
+  async count(options?: FilterOptions): Promise<number> {
+    const request = { filter: options?.filter ?? "" };
+    const response = await this.#caller.call((o) => this.#stub.countSessions(request, o), options);
+    return Number(response.count);
   }
 }
 

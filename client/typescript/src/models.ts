@@ -129,12 +129,33 @@ export interface CallOptions {
 export interface StreamOptions {
   /** Aborts the stream (the iteration then fails with CancelledError). */
   signal?: AbortSignal | undefined;
+  /** Only the users matching this filter (the server README's "Filtering"); empty: every user. */
+  filter?: string | undefined;
+}
+
+/** Options of `client.user.list` and of the counts. */
+export interface FilterOptions extends CallOptions {
+  /**
+   * Only the items matching this filter (the server README's "Filtering"), e.g.
+   * `metadata.plan = "pro"`; empty: every item. A bad one is InvalidArgumentError
+   * with reason INVALID_FILTER and the character where it goes wrong.
+   */
+  filter?: string | undefined;
 }
 
 /** Options of `client.session.list`. */
-export interface ListSessionsOptions extends CallOptions {
+export interface ListSessionsOptions extends FilterOptions {
   /** Only the sessions of this user (NotFoundError when there is no such user). */
   user_id?: string | undefined;
+}
+
+/** Options of `client.user.batchAdd`. */
+export interface BatchAddOptions extends CallOptions {
+  /**
+   * Leave users whose `user_id` already exists as they are, and out of the result, instead of
+   * failing the whole batch with AlreadyExistsError: an interrupted import can be run again.
+   */
+  skip_existing?: boolean | undefined;
 }
 
 // ---- conversions between these types and the generated messages (internal) ----
