@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 from memstore.v1 import users_pb2
 from memstore_server.errors import FailedPrecondition
-from memstore_server.store.changes import ChangeBatch, ChangeStore, InitialListing, Position, Snapshot
+from memstore_server.store.changes import ChangeBatch, ChangeStore, Position, Snapshot
 from memstore_server.store.sessions import SessionStore
 from memstore_server.store.users import UserChanges, UserStore
 from memstore_server.validation import Metadata
@@ -261,7 +261,7 @@ def test_a_window_read_in_pages_gives_every_change_once_in_sequence_order(
 def test_the_initial_listing_and_its_snapshot_agree(changes: ChangeStore, user_store: UserStore) -> None:
     before, during = unique("before"), unique("during")
     user_store.create(before, "", "", "", EMPTY)
-    listing = InitialListing(changes_db(changes))
+    listing = changes.listing()
     listing.open()
     try:
         user_store.create(during, "", "", "", EMPTY)
@@ -280,10 +280,6 @@ def test_the_initial_listing_and_its_snapshot_agree(changes: ChangeStore, user_s
     assert by_id[before].first_name == ""
     found = events_of(read_all(changes, Position(listing.snapshot))[0], before, during)
     assert [(kind, user.user_id) for kind, user in found] == [(CREATED, during), (UPDATED, before)]
-
-
-def changes_db(changes: ChangeStore) -> peewee.Database:
-    return changes._db
 
 
 def test_pruning_expires_older_positions_and_keeps_newer_ones_readable(

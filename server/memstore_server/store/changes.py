@@ -74,6 +74,9 @@ SELECT max(xid)::text FROM (
     ) AS oldest
 ) AS marked WHERE old
 """
+# Several server processes prune the same table: one at a time is enough.
+_PRUNE_LOCK = "SELECT pg_try_advisory_xact_lock(%s)"
+_PRUNE_LOCK_KEY = 0x6D656D6368616E67  # "memchang"
 _RAISE_HORIZON = "UPDATE user_changes_horizon SET pruned_below = greatest(pruned_below, %s::xid8)"
 _DELETE_BELOW = "DELETE FROM user_changes WHERE xid < %s::xid8"
 _LIST_USERS = "SELECT id, message FROM users WHERE id > %s ORDER BY id LIMIT %s"
@@ -173,6 +176,14 @@ class ChangeStore:
     def __init__(self, db: peewee.Database) -> None:
         self._db = db
 
+    @property
+    def db(self) -> peewee.Database:
+        return self._db
+
+    def listing(self) -> InitialListing:
+        """A listing of every user as of one snapshot (not opened yet)."""
+        return InitialListing(self._db)
+
     def state(self) -> FeedState:
         """The feed's identity, its pruning horizon, and a snapshot taken now."""
         with connection(self._db) as db:
@@ -226,6 +237,8 @@ class ChangeStore:
         with connection(self._db) as db:
             while True:
                 with db.atomic():
+                    if not db.execute_sql(_PRUNE_LOCK, (_PRUNE_LOCK_KEY,)).fetchone()[0]:
+                        return deleted  # another process is pruning
                     newest = db.execute_sql(_PRUNABLE, (retention_seconds, batch)).fetchone()[0]
                     if newest is None:
                         return deleted
