@@ -23,6 +23,8 @@ import {
   type UpdateSessionRequest,
   type UpdateUserRequest,
   type User,
+  type WatchOptions,
+  type WatchUsersResponse,
   createSessionMessage,
   createUserMessage,
   sessionFromMessage,
@@ -30,6 +32,7 @@ import {
   updateSessionMessage,
   updateUserMessage,
   userFromMessage,
+  watchResponseFromMessage,
 } from "./models.js";
 import {
   type BackoffPolicy,
@@ -194,6 +197,57 @@ export class UserClient {
         policy.onResume?.({ cursor: Number(next), attempt: failures, delayMs, error });
         try {
           await sleep(delayMs, options.signal);
+        } catch {
+          throw error;
+        }
+      } finally {
+        attempt.abort();
+      }
+    }
+  }
+
+  /**
+   * Every change to users, as WatchUsers messages, for as long as the caller iterates.
+   * With `sendInitial`, every existing user first (EXISTING events), then a message with
+   * `initial_complete`; with `resumeToken`, the changes after it. Empty messages are
+   * heartbeats with fresh tokens. A stream broken by a retryable status is resumed by
+   * itself from the last token received (an event may come twice, never out of order for
+   * one user); one broken during the snapshot takes it again (`snapshot_restarted`).
+   */
+  async *watch(options: WatchOptions = {}): AsyncGenerator<WatchUsersResponse, void, undefined> {
+    const policy = this.#resume;
+    const retryable = new Set<number>(policy.retryable.map((name) => StatusCode[name]));
+    let token = options.resumeToken ?? "";
+    let inSnapshot = (options.sendInitial ?? false) && token === "";
+    let snapshotStarted = false;
+    let failures = 0;
+    for (;;) {
+      const attempt = new AbortController();
+      const signal = options.signal === undefined ? attempt.signal : AbortSignal.any([options.signal, attempt.signal]);
+      let restarting = inSnapshot && snapshotStarted;
+      const request = inSnapshot ? { sendInitial: true } : { resumeToken: token };
+      try {
+        for await (const message of this.#stub.watchUsers(request, { signal })) {
+          failures = 0;
+          if (inSnapshot) {
+            snapshotStarted = true;
+            if (message.initialComplete) inSnapshot = false;
+          }
+          if (message.resumeToken !== "") token = message.resumeToken;
+          const response = watchResponseFromMessage(message, restarting);
+          restarting = false;
+          yield response;
+        }
+        failures += 1; // ended without an error: a server going away; go on elsewhere
+        await sleep(backoffDelay(policy, 1), options.signal);
+      } catch (reason) {
+        const error = toCallError(reason, options.signal);
+        failures += 1;
+        if (options.signal?.aborted || !retryable.has(error.code) || failures >= policy.maxAttempts) {
+          throw error;
+        }
+        try {
+          await sleep(backoffDelay(policy, failures), options.signal);
         } catch {
           throw error;
         }

@@ -14,10 +14,12 @@ import type {
   CreateSessionRequestSchema,
   UpdateSessionRequestSchema,
 } from "./gen/memstore/v1/sessions_pb.js";
-import type {
-  CreateUserRequestSchema,
-  UpdateUserRequestSchema,
-  User as UserMessage,
+import {
+  type CreateUserRequestSchema,
+  type UpdateUserRequestSchema,
+  type User as UserMessage,
+  UserEvent_Type,
+  type WatchUsersResponse as WatchUsersResponseMessage,
 } from "./gen/memstore/v1/users_pb.js";
 
 /** Any JSON value. */
@@ -129,6 +131,42 @@ export interface CallOptions {
 export interface StreamOptions {
   /** Aborts the stream (the iteration then fails with CancelledError). */
   signal?: AbortSignal | undefined;
+}
+
+/** What happened to a user: EXISTING (in the initial snapshot), CREATED, UPDATED or DELETED. */
+export type UserEventType = "EXISTING" | "CREATED" | "UPDATED" | "DELETED";
+
+/** One event of `client.user.watch`. */
+export interface UserEvent {
+  type: UserEventType;
+  /** The user after the change; for DELETED, as it was last (at least `user_id`, `uuid`, `id`). */
+  user: User;
+  /** Never decreases for one `user_id`; 0 for EXISTING. */
+  sequence: number;
+  /** When the change was made (the server's clock, inside its transaction). */
+  commit_time: Date;
+}
+
+/** One message of `client.user.watch`. */
+export interface WatchUsersResponse {
+  events: UserEvent[];
+  /** Marks the point after these events: keep the last one to go on from there later. */
+  resume_token: string;
+  /** True on the message after the initial snapshot's last user. */
+  initial_complete: boolean;
+  /**
+   * True on the first message of a snapshot taken again because the stream broke during the
+   * first one: discard what the broken snapshot gave (users deleted meanwhile are not listed again).
+   */
+  snapshot_restarted: boolean;
+}
+
+/** Options of `client.user.watch`. */
+export interface WatchOptions extends StreamOptions {
+  /** A `resume_token` from any message: the changes committed after it. */
+  resumeToken?: string | undefined;
+  /** Without a token: every existing user first (EXISTING events), then `initial_complete`, then changes. */
+  sendInitial?: boolean | undefined;
 }
 
 /** Options of `client.session.list`. */
@@ -246,5 +284,26 @@ export function updateSessionMessage(
     sessionId: request.session_id,
     metadata: toStruct(request.metadata),
     updateMask: toMask(request.update_mask),
+  };
+}
+
+const EVENT_TYPES: Partial<Record<UserEvent_Type, UserEventType>> = {
+  [UserEvent_Type.EXISTING]: "EXISTING",
+  [UserEvent_Type.CREATED]: "CREATED",
+  [UserEvent_Type.UPDATED]: "UPDATED",
+  [UserEvent_Type.DELETED]: "DELETED",
+};
+
+export function watchResponseFromMessage(message: WatchUsersResponseMessage, snapshotRestarted: boolean): WatchUsersResponse {
+  return {
+    events: message.events.map((event) => ({
+      type: EVENT_TYPES[event.type] ?? "UPDATED",
+      user: userFromMessage(event.user ?? ({} as UserMessage)),
+      sequence: toNumber(event.sequence),
+      commit_time: toDate(event.commitTime),
+    })),
+    resume_token: message.resumeToken,
+    initial_complete: message.initialComplete,
+    snapshot_restarted: snapshotRestarted,
   };
 }
