@@ -7,6 +7,7 @@ into a queue (Watcher) so a test waits for conditions, never for time.
 from __future__ import annotations
 
 import base64
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -453,6 +454,46 @@ def test_a_watcher_cancelled_mid_stream_frees_its_place(db: peewee.Database) -> 
             assert second.next().resume_token
             second.close()
     finally:
+        server.stop()
+
+
+def test_a_watcher_that_reads_nothing_is_cancelled_and_frees_its_place(
+    db: peewee.Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="memstore_server.streams")
+    server = RunningServer(
+        Settings(
+            listen="127.0.0.1:0",
+            watch_heartbeat=HEARTBEAT,
+            stream_stall_timeout=1.0,
+            max_concurrent_streams=1,
+            db_pool_size=4,
+        ),
+        db,
+    )
+    # No BDP probing: the window stays at its initial 64 KiB, which the changes below overfill.
+    channel = grpc.insecure_channel(server.target, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        stalled = users_pb2_grpc.UserServiceStub(channel).WatchUsers(
+            users_pb2.WatchUsersRequest(), timeout=120
+        )  # never read
+        assert wait_for(lambda: server.handle.streams.open == 1, WAIT)
+        bulk_users(db, 200, pad=4000)  # about 800 KiB of events
+
+        def warned() -> bool:
+            return any(
+                "WatchUsers" in r.getMessage() and "read nothing" in r.getMessage() for r in caplog.records
+            )
+
+        assert wait_for(warned, WAIT), [r.getMessage() for r in caplog.records]
+        assert wait_for(lambda: server.handle.streams.open == 0, WAIT)
+        stalled.cancel()
+        with grpc.insecure_channel(server.target) as reading:
+            watcher = Watcher(users_pb2_grpc.UserServiceStub(reading))
+            assert watcher.next().resume_token  # the freed place serves a reader
+            watcher.close()
+    finally:
+        channel.close()
         server.stop()
 
 

@@ -31,14 +31,20 @@ logger = logging.getLogger(__name__)
 
 # Changes per read: about one message's worth.
 READ_LIMIT = 1000
-# Batches kept for watchers a little behind the head.
+# Batches kept for watchers a little behind the head: at most this many, holding at most
+# this many bytes of users (a watcher further behind reads for itself).
 KEPT_BATCHES = 256
+KEPT_BYTES = 64 * 1024 * 1024
 # The feed reads at least this often, as a fraction of the heartbeat: a watcher sends an
 # empty message when HEARTBEAT_SHARE of it has passed, so one comes within the heartbeat.
 TICK_SHARE = 0.4
 HEARTBEAT_SHARE = 0.5
 PRUNE_BATCH = 5000
 _RETRY_SECONDS = 1.0
+
+
+def _size(batch: ChangeBatch) -> int:
+    return sum(len(change.user) for change in batch.changes)
 
 
 class ChangeFeed:
@@ -55,6 +61,7 @@ class ChangeFeed:
         self._feed_id_read: asyncio.Future[FeedState] | None = None
         self._head: Position | None = None
         self._kept: deque[ChangeBatch] = deque()
+        self._kept_bytes = 0
         self._by_start: dict[Position, ChangeBatch] = {}
         self._watchers = 0
         self._started_reads = 0
@@ -195,9 +202,11 @@ class ChangeFeed:
         if batch.end == batch.start:  # nothing committed since: the head stays
             return
         self._kept.append(batch)
+        self._kept_bytes += _size(batch)
         self._by_start[batch.start] = batch
-        while len(self._kept) > KEPT_BATCHES:
+        while len(self._kept) > KEPT_BATCHES or (self._kept_bytes > KEPT_BYTES and len(self._kept) > 1):
             dropped = self._kept.popleft()
+            self._kept_bytes -= _size(dropped)
             if self._by_start.get(dropped.start) is dropped:
                 del self._by_start[dropped.start]
         self._head = batch.end
@@ -206,6 +215,7 @@ class ChangeFeed:
         """Without watchers the head would only grow old: start afresh when one comes."""
         self._head = None
         self._kept.clear()
+        self._kept_bytes = 0
         self._by_start.clear()
 
     def _publish(self) -> None:
