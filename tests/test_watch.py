@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
 from memstore_server import resume_tokens
 from memstore_server.config import Settings
+from memstore_server.database import open_database
 from memstore_server.store.changes import ChangeStore, Position, Snapshot
 
 from tests.support import RunningServer, bulk_users, details_of, unique, wait_for
@@ -531,5 +533,24 @@ def test_watching_needs_credentials_when_auth_is_on(db: peewee.Database) -> None
             )
             assert next(iter(call)).resume_token
             call.cancel()
+    finally:
+        server.stop()
+
+
+def test_watching_without_a_database_is_unavailable() -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    db = open_database(f"postgresql://memstore@127.0.0.1:{closed_port}/memstore", pool_size=2, pool_timeout=1)
+    server = RunningServer(Settings(listen="127.0.0.1:0", db_pool_size=2), db, database_health=False)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = users_pb2_grpc.UserServiceStub(channel)
+            for request in (users_pb2.WatchUsersRequest(), users_pb2.WatchUsersRequest(send_initial=True)):
+                with pytest.raises(grpc.RpcError) as raised:
+                    next(iter(stub.WatchUsers(request, timeout=WAIT)))
+                details = details_of(raised.value)
+                assert details.code == grpc.StatusCode.UNAVAILABLE
+                assert details.reason == "DATABASE_UNAVAILABLE"
     finally:
         server.stop()

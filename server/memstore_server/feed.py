@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from memstore_server.blocking import Blocking
-from memstore_server.errors import ServiceError
+from memstore_server.errors import ServiceError, Unavailable
 from memstore_server.store.changes import ChangeBatch, ChangeStore, FeedState, Position
 from memstore_server.wakeups import ChangeListener
 
@@ -40,6 +40,8 @@ KEPT_BYTES = 64 * 1024 * 1024
 TICK_SHARE = 0.4
 HEARTBEAT_SHARE = 0.5
 PRUNE_BATCH = 5000
+# How long a new watcher without a token waits for the feed's first read.
+FRESH_HEAD_SECONDS = 10.0
 _RETRY_SECONDS = 1.0
 
 
@@ -127,12 +129,21 @@ class ChangeFeed:
             self._watchers -= 1
 
     async def fresh_head(self) -> Position:
-        """The head after a read that started after this call: a position taken now, shared."""
+        """The head after a read that started after this call: a position taken now, shared.
+        UNAVAILABLE when the feed cannot read for FRESH_HEAD_SECONDS (the database is down)."""
         wake, _, _ = self._events()
         wanted = self._started_reads + 1
+        deadline = asyncio.get_running_loop().time() + FRESH_HEAD_SECONDS
         while self._finished_reads < wanted or self._head is None:
             wake.set()
-            await self.published()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self.published(), max(remaining, 0))
+            except asyncio.TimeoutError:
+                raise Unavailable(
+                    "the change feed cannot read the database now; retry with backoff",
+                    reason="DATABASE_UNAVAILABLE",
+                ) from None
         return self._head
 
     async def published(self) -> None:
