@@ -13,7 +13,8 @@ from memstore_server.database import open_database
 from memstore_server.errors import FailedPrecondition
 from memstore_server.filtering import SESSIONS, USERS, compile_filter
 from memstore_server.migrations import LATEST_VERSION, MIGRATIONS, applied_versions, migrate
-from memstore_server.models import Session, User
+from memstore_server.models import Session, User, UserChange, UserChangesHorizon
+from memstore_server.store import changes as change_queries
 from memstore_server.store import sessions as session_queries
 from memstore_server.store import users as user_queries
 from psycopg2 import sql
@@ -29,6 +30,9 @@ EXPECTED_TYPES = {
     "JSONB": "jsonb",
     "TIMESTAMPTZ": "timestamp with time zone",
     "BLOB": "bytea",
+    "XID8": "xid8",
+    "SMALLINT": "smallint",
+    "BOOL": "boolean",
 }
 
 
@@ -75,7 +79,7 @@ def test_a_database_from_a_newer_memstore_is_refused(fresh_database: peewee.Data
         migrate(fresh_database)
 
 
-@pytest.mark.parametrize("model", [User, Session])
+@pytest.mark.parametrize("model", [User, Session, UserChange, UserChangesHorizon])
 def test_every_model_field_exists_in_the_migrated_schema(
     db: peewee.Database, model: type[peewee.Model]
 ) -> None:
@@ -192,3 +196,12 @@ def test_the_filter_indexes_of_the_models_exist(db: peewee.Database) -> None:
     }
     assert "users_metadata_idx" in declared
     assert declared <= found, declared - found
+
+
+def test_a_window_of_changes_is_read_through_the_xid_key(db: peewee.Database) -> None:
+    """The change feed's read (store.changes): bounded by the snapshots' xids, so its cost is
+    the window's, however many changes are kept."""
+    params = {"seen": "100:110:", "window": "120:130:", "after": 0, "limit": 10}
+    plan = _plan(db, change_queries._READ, params)  # type: ignore[arg-type]
+    assert "user_changes_pkey" in plan, plan
+    assert not [line for line in plan.splitlines() if "Seq Scan on user_changes " in line], plan

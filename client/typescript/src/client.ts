@@ -25,6 +25,8 @@ import {
   type UpdateSessionRequest,
   type UpdateUserRequest,
   type User,
+  type WatchOptions,
+  type WatchUsersResponse,
   createSessionMessage,
   createUserMessage,
   sessionFromMessage,
@@ -32,6 +34,7 @@ import {
   updateSessionMessage,
   updateUserMessage,
   userFromMessage,
+  watchResponseFromMessage,
 } from "./models.js";
 import {
   type BackoffPolicy,
@@ -212,6 +215,64 @@ export class UserClient {
         }
         const delayMs = backoffDelay(policy, failures);
         policy.onResume?.({ cursor: Number(next), attempt: failures, delayMs, error });
+        try {
+          await sleep(delayMs, options.signal);
+        } catch {
+          throw error;
+        }
+      } finally {
+        attempt.abort();
+      }
+    }
+  }
+
+  /**
+   * The change feed (WatchUsers): with `send_initial`, every existing user as an EXISTING
+   * event, then a message with `initial_complete`, then every committed change; with
+   * `resume_token`, every change after the point it marks; with neither, the changes from
+   * now on. A message comes at once and then at least every heartbeat while nothing
+   * changes, each with a fresh `resume_token` to checkpoint.
+   *
+   * A stream broken by a retryable status is reopened from the last token received
+   * (delivery is at least once: an event may come again, never is one missed). Broken
+   * during the initial snapshot, it takes the snapshot again from the start and flags that
+   * message `snapshot_restarted`: a token from inside a snapshot would skip the users not
+   * listed yet. The stream never ends by itself; stop iterating or abort `options.signal`.
+   */
+  async *watch(options: WatchOptions = {}): AsyncGenerator<WatchUsersResponse, void, undefined> {
+    const policy = this.#resume;
+    const retryable = new Set<number>(policy.retryable.map((name) => StatusCode[name]));
+    let token = options.resume_token ?? "";
+    let inSnapshot = (options.send_initial ?? false) && token === "";
+    let snapshotStarted = false;
+    let failures = 0;
+    for (;;) {
+      const attempt = new AbortController();
+      const signal = options.signal === undefined ? attempt.signal : AbortSignal.any([options.signal, attempt.signal]);
+      let restarted = inSnapshot && snapshotStarted;
+      const request = inSnapshot ? { sendInitial: true } : { resumeToken: token };
+      try {
+        for await (const message of this.#stub.watchUsers(request, { signal })) {
+          failures = 0;
+          if (inSnapshot) {
+            snapshotStarted = true;
+            if (message.initialComplete) inSnapshot = false;
+          }
+          if (message.resumeToken !== "") token = message.resumeToken;
+          const response = watchResponseFromMessage(message, restarted);
+          restarted = false;
+          yield response;
+        }
+        // The server ended the stream (it is shutting down, say): go on from the last token.
+        throw new ConnectError("the server ended the watch", Code.Unavailable);
+      } catch (reason) {
+        const error = toCallError(reason, options.signal);
+        failures += 1;
+        if (options.signal?.aborted || !retryable.has(error.code) || failures >= policy.maxAttempts) {
+          throw error;
+        }
+        const delayMs = backoffDelay(policy, failures);
+        policy.onResume?.({ cursor: 0, resume_token: token, attempt: failures, delayMs, error });
         try {
           await sleep(delayMs, options.signal);
         } catch {

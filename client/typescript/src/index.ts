@@ -46,7 +46,11 @@ export type {
   UpdateSessionRequest,
   UpdateUserRequest,
   User,
+  UserEvent,
+  UserEventType,
   UserUpdateField,
+  WatchOptions,
+  WatchUsersResponse,
 } from "./models.js";
 export {
   DEFAULT_RESUME,

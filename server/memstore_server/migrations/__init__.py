@@ -38,6 +38,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0003_one_creation_time,
         m0006_message_length_varint,
         m0007_filter_indexes,
+        m0008_user_changes,
     )
 
     found = (
@@ -46,6 +47,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0003_one_creation_time.MIGRATION,
         m0006_message_length_varint.MIGRATION,
         m0007_filter_indexes.MIGRATION,
+        m0008_user_changes.MIGRATION,
     )
     versions = [migration.version for migration in found]
     assert versions == sorted(set(versions)), "migration versions must be unique and ordered"

@@ -5,6 +5,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from memstore.v1 import sessions_pb2 as _sessions_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -179,3 +180,66 @@ class CountUsersResponse(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     count: int
     def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class WatchUsersRequest(_message.Message):
+    __slots__ = ("resume_token", "send_initial")
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SEND_INITIAL_FIELD_NUMBER: _ClassVar[int]
+    resume_token: str
+    send_initial: bool
+    def __init__(self, resume_token: _Optional[str] = ..., send_initial: _Optional[bool] = ...) -> None: ...
+
+class WatchUsersResponse(_message.Message):
+    __slots__ = ("events", "resume_token", "initial_complete")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[UserEvent]
+    resume_token: str
+    initial_complete: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ..., resume_token: _Optional[str] = ..., initial_complete: _Optional[bool] = ...) -> None: ...
+
+class UserEvent(_message.Message):
+    __slots__ = ("type", "user", "sequence", "commit_time")
+    class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TYPE_UNSPECIFIED: _ClassVar[UserEvent.Type]
+        TYPE_EXISTING: _ClassVar[UserEvent.Type]
+        TYPE_CREATED: _ClassVar[UserEvent.Type]
+        TYPE_UPDATED: _ClassVar[UserEvent.Type]
+        TYPE_DELETED: _ClassVar[UserEvent.Type]
+    TYPE_UNSPECIFIED: UserEvent.Type
+    TYPE_EXISTING: UserEvent.Type
+    TYPE_CREATED: UserEvent.Type
+    TYPE_UPDATED: UserEvent.Type
+    TYPE_DELETED: UserEvent.Type
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    type: UserEvent.Type
+    user: User
+    sequence: int
+    commit_time: _timestamp_pb2.Timestamp
+    def __init__(self, type: _Optional[_Union[UserEvent.Type, str]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., sequence: _Optional[int] = ..., commit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WatchUsersResumeToken(_message.Message):
+    __slots__ = ("feed_id", "seen", "window", "after_sequence")
+    class Snapshot(_message.Message):
+        __slots__ = ("xmin", "xmax", "xip")
+        XMIN_FIELD_NUMBER: _ClassVar[int]
+        XMAX_FIELD_NUMBER: _ClassVar[int]
+        XIP_FIELD_NUMBER: _ClassVar[int]
+        xmin: int
+        xmax: int
+        xip: _containers.RepeatedScalarFieldContainer[int]
+        def __init__(self, xmin: _Optional[int] = ..., xmax: _Optional[int] = ..., xip: _Optional[_Iterable[int]] = ...) -> None: ...
+    FEED_ID_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    feed_id: str
+    seen: WatchUsersResumeToken.Snapshot
+    window: WatchUsersResumeToken.Snapshot
+    after_sequence: int
+    def __init__(self, feed_id: _Optional[str] = ..., seen: _Optional[_Union[WatchUsersResumeToken.Snapshot, _Mapping]] = ..., window: _Optional[_Union[WatchUsersResumeToken.Snapshot, _Mapping]] = ..., after_sequence: _Optional[int] = ...) -> None: ...

@@ -85,6 +85,11 @@ class UserServiceStub:
                 request_serializer=memstore_dot_v1_dot_users__pb2.CountUsersRequest.SerializeToString,
                 response_deserializer=memstore_dot_v1_dot_users__pb2.CountUsersResponse.FromString,
                 _registered_method=True)
+        self.WatchUsers = channel.unary_stream(
+                '/memstore.v1.UserService/WatchUsers',
+                request_serializer=memstore_dot_v1_dot_users__pb2.WatchUsersRequest.SerializeToString,
+                response_deserializer=memstore_dot_v1_dot_users__pb2.WatchUsersResponse.FromString,
+                _registered_method=True)
 
 
 class UserServiceServicer:
@@ -197,6 +202,28 @@ class UserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchUsers(self, request, context):
+        """Streams every change to users (AIP-style change feed): optionally a
+        consistent snapshot of every existing user first, then every change
+        committed after it, each message carrying an opaque `resume_token` from
+        which a broken stream is resumed with nothing missed. Delivery is at
+        least once: a consumer that applies each event's `user` as the new state
+        of its `user_id` (and removes it on TYPE_DELETED) ends with exactly what
+        ListUsers shows. The first message comes at once (with no events when
+        there is nothing to send); while nothing changes, a message with no
+        events and a fresh `resume_token` comes at least every heartbeat interval
+        (the server's `--watch-heartbeat`, default 5 seconds).
+
+        Errors: INVALID_ARGUMENT (a malformed or foreign `resume_token`, reason
+        INVALID_RESUME_TOKEN), FAILED_PRECONDITION (a `resume_token` older than
+        the server's change retention, reason RESUME_TOKEN_EXPIRED: take a new
+        snapshot with `send_initial`), RESOURCE_EXHAUSTED (too many open
+        streams, reason TOO_MANY_STREAMS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +271,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.CountUsers,
                     request_deserializer=memstore_dot_v1_dot_users__pb2.CountUsersRequest.FromString,
                     response_serializer=memstore_dot_v1_dot_users__pb2.CountUsersResponse.SerializeToString,
+            ),
+            'WatchUsers': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchUsers,
+                    request_deserializer=memstore_dot_v1_dot_users__pb2.WatchUsersRequest.FromString,
+                    response_serializer=memstore_dot_v1_dot_users__pb2.WatchUsersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +527,33 @@ class UserService:
             '/memstore.v1.UserService/CountUsers',
             memstore_dot_v1_dot_users__pb2.CountUsersRequest.SerializeToString,
             memstore_dot_v1_dot_users__pb2.CountUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/memstore.v1.UserService/WatchUsers',
+            memstore_dot_v1_dot_users__pb2.WatchUsersRequest.SerializeToString,
+            memstore_dot_v1_dot_users__pb2.WatchUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,8 +2,8 @@
 // @generated from file memstore/v1/users.proto (package memstore.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Session } from "./sessions_pb.js";
@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file memstore/v1/users.proto.
  */
 export const file_memstore_v1_users: GenFile = /*@__PURE__*/
-  fileDesc("ChdtZW1zdG9yZS92MS91c2Vycy5wcm90bxILbWVtc3RvcmUudjEiiQIKBFVzZXISDwoHdXNlcl9pZBgBIAEoCRINCgVlbWFpbBgCIAEoCRISCgpmaXJzdF9uYW1lGAMgASgJEhEKCWxhc3RfbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDAoEdXVpZBgGIAEoCRIKCgJpZBgHIAEoAxIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zZXNzaW9uX2NvdW50GAogASgDIoUBChFDcmVhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhIKCmZpcnN0X25hbWUYAyABKAkSEQoJbGFzdF9uYW1lGAQgASgJEikKCG1ldGFkYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI1ChJDcmVhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiIQoOR2V0VXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIyCg9HZXRVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIi7AEKEVVwZGF0ZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoFZW1haWwYAiABKAlIAIgBARIXCgpmaXJzdF9uYW1lGAMgASgJSAGIAQESFgoJbGFzdF9uYW1lGAQgASgJSAKIAQESKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC3VwZGF0ZV9tYXNrGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IICgZfZW1haWxCDQoLX2ZpcnN0X25hbWVCDAoKX2xhc3RfbmFtZSI1ChJVcGRhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIUChJEZWxldGVVc2VyUmVzcG9uc2UiQQoQTGlzdFVzZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoBRIOCgZjdXJzb3IYAiABKAMSDgoGZmlsdGVyGAMgASgJIkoKEUxpc3RVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyJNChdMaXN0VXNlcnNDaHVua2VkUmVxdWVzdBISCgpjaHVua19zaXplGAEgASgFEg4KBmN1cnNvchgCIAEoAxIOCgZmaWx0ZXIYAyABKAkiUQoYTGlzdFVzZXJzQ2h1bmtlZFJlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyJIChZHZXRVc2VyU2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFbGltaXQYAiABKAUSDgoGY3Vyc29yGAMgASgDIlYKF0dldFVzZXJTZXNzaW9uc1Jlc3BvbnNlEiYKCHNlc3Npb25zGAEgAygLMhQubWVtc3RvcmUudjEuU2Vzc2lvbhITCgtuZXh0X2N1cnNvchgCIAEoAyJiChdCYXRjaENyZWF0ZVVzZXJzUmVxdWVzdBIwCghyZXF1ZXN0cxgBIAMoCzIeLm1lbXN0b3JlLnYxLkNyZWF0ZVVzZXJSZXF1ZXN0EhUKDXNraXBfZXhpc3RpbmcYAiABKAgiPAoYQmF0Y2hDcmVhdGVVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlciIjChFDb3VudFVzZXJzUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiIwoSQ291bnRVc2Vyc1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDMv0FCgtVc2VyU2VydmljZRJNCgpDcmVhdGVVc2VyEh4ubWVtc3RvcmUudjEuQ3JlYXRlVXNlclJlcXVlc3QaHy5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVzcG9uc2USRAoHR2V0VXNlchIbLm1lbXN0b3JlLnYxLkdldFVzZXJSZXF1ZXN0GhwubWVtc3RvcmUudjEuR2V0VXNlclJlc3BvbnNlEk0KClVwZGF0ZVVzZXISHi5tZW1zdG9yZS52MS5VcGRhdGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLlVwZGF0ZVVzZXJSZXNwb25zZRJNCgpEZWxldGVVc2VyEh4ubWVtc3RvcmUudjEuRGVsZXRlVXNlclJlcXVlc3QaHy5tZW1zdG9yZS52MS5EZWxldGVVc2VyUmVzcG9uc2USSgoJTGlzdFVzZXJzEh0ubWVtc3RvcmUudjEuTGlzdFVzZXJzUmVxdWVzdBoeLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc1Jlc3BvbnNlEmEKEExpc3RVc2Vyc0NodW5rZWQSJC5tZW1zdG9yZS52MS5MaXN0VXNlcnNDaHVua2VkUmVxdWVzdBolLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc0NodW5rZWRSZXNwb25zZTABElwKD0dldFVzZXJTZXNzaW9ucxIjLm1lbXN0b3JlLnYxLkdldFVzZXJTZXNzaW9uc1JlcXVlc3QaJC5tZW1zdG9yZS52MS5HZXRVc2VyU2Vzc2lvbnNSZXNwb25zZRJfChBCYXRjaENyZWF0ZVVzZXJzEiQubWVtc3RvcmUudjEuQmF0Y2hDcmVhdGVVc2Vyc1JlcXVlc3QaJS5tZW1zdG9yZS52MS5CYXRjaENyZWF0ZVVzZXJzUmVzcG9uc2USTQoKQ291bnRVc2VycxIeLm1lbXN0b3JlLnYxLkNvdW50VXNlcnNSZXF1ZXN0Gh8ubWVtc3RvcmUudjEuQ291bnRVc2Vyc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_memstore_v1_sessions]);
+  fileDesc("ChdtZW1zdG9yZS92MS91c2Vycy5wcm90bxILbWVtc3RvcmUudjEiiQIKBFVzZXISDwoHdXNlcl9pZBgBIAEoCRINCgVlbWFpbBgCIAEoCRISCgpmaXJzdF9uYW1lGAMgASgJEhEKCWxhc3RfbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDAoEdXVpZBgGIAEoCRIKCgJpZBgHIAEoAxIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zZXNzaW9uX2NvdW50GAogASgDIoUBChFDcmVhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhIKCmZpcnN0X25hbWUYAyABKAkSEQoJbGFzdF9uYW1lGAQgASgJEikKCG1ldGFkYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI1ChJDcmVhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiIQoOR2V0VXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIyCg9HZXRVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIi7AEKEVVwZGF0ZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoFZW1haWwYAiABKAlIAIgBARIXCgpmaXJzdF9uYW1lGAMgASgJSAGIAQESFgoJbGFzdF9uYW1lGAQgASgJSAKIAQESKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC3VwZGF0ZV9tYXNrGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IICgZfZW1haWxCDQoLX2ZpcnN0X25hbWVCDAoKX2xhc3RfbmFtZSI1ChJVcGRhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIUChJEZWxldGVVc2VyUmVzcG9uc2UiQQoQTGlzdFVzZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoBRIOCgZjdXJzb3IYAiABKAMSDgoGZmlsdGVyGAMgASgJIkoKEUxpc3RVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyJNChdMaXN0VXNlcnNDaHVua2VkUmVxdWVzdBISCgpjaHVua19zaXplGAEgASgFEg4KBmN1cnNvchgCIAEoAxIOCgZmaWx0ZXIYAyABKAkiUQoYTGlzdFVzZXJzQ2h1bmtlZFJlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyJIChZHZXRVc2VyU2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFbGltaXQYAiABKAUSDgoGY3Vyc29yGAMgASgDIlYKF0dldFVzZXJTZXNzaW9uc1Jlc3BvbnNlEiYKCHNlc3Npb25zGAEgAygLMhQubWVtc3RvcmUudjEuU2Vzc2lvbhITCgtuZXh0X2N1cnNvchgCIAEoAyJiChdCYXRjaENyZWF0ZVVzZXJzUmVxdWVzdBIwCghyZXF1ZXN0cxgBIAMoCzIeLm1lbXN0b3JlLnYxLkNyZWF0ZVVzZXJSZXF1ZXN0EhUKDXNraXBfZXhpc3RpbmcYAiABKAgiPAoYQmF0Y2hDcmVhdGVVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlciIjChFDb3VudFVzZXJzUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiIwoSQ291bnRVc2Vyc1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDIj8KEVdhdGNoVXNlcnNSZXF1ZXN0EhQKDHJlc3VtZV90b2tlbhgBIAEoCRIUCgxzZW5kX2luaXRpYWwYAiABKAgibAoSV2F0Y2hVc2Vyc1Jlc3BvbnNlEiYKBmV2ZW50cxgBIAMoCzIWLm1lbXN0b3JlLnYxLlVzZXJFdmVudBIUCgxyZXN1bWVfdG9rZW4YAiABKAkSGAoQaW5pdGlhbF9jb21wbGV0ZRgDIAEoCCKBAgoJVXNlckV2ZW50EikKBHR5cGUYASABKA4yGy5tZW1zdG9yZS52MS5Vc2VyRXZlbnQuVHlwZRIfCgR1c2VyGAIgASgLMhEubWVtc3RvcmUudjEuVXNlchIQCghzZXF1ZW5jZRgDIAEoAxIvCgtjb21taXRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZQoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASEQoNVFlQRV9FWElTVElORxABEhAKDFRZUEVfQ1JFQVRFRBACEhAKDFRZUEVfVVBEQVRFRBADEhAKDFRZUEVfREVMRVRFRBAEIu0BChVXYXRjaFVzZXJzUmVzdW1lVG9rZW4SDwoHZmVlZF9pZBgBIAEoCRI5CgRzZWVuGAIgASgLMisubWVtc3RvcmUudjEuV2F0Y2hVc2Vyc1Jlc3VtZVRva2VuLlNuYXBzaG90EjsKBndpbmRvdxgDIAEoCzIrLm1lbXN0b3JlLnYxLldhdGNoVXNlcnNSZXN1bWVUb2tlbi5TbmFwc2hvdBIWCg5hZnRlcl9zZXF1ZW5jZRgEIAEoAxozCghTbmFwc2hvdBIMCgR4bWluGAEgASgEEgwKBHhtYXgYAiABKAQSCwoDeGlwGAMgAygEMs4GCgtVc2VyU2VydmljZRJNCgpDcmVhdGVVc2VyEh4ubWVtc3RvcmUudjEuQ3JlYXRlVXNlclJlcXVlc3QaHy5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVzcG9uc2USRAoHR2V0VXNlchIbLm1lbXN0b3JlLnYxLkdldFVzZXJSZXF1ZXN0GhwubWVtc3RvcmUudjEuR2V0VXNlclJlc3BvbnNlEk0KClVwZGF0ZVVzZXISHi5tZW1zdG9yZS52MS5VcGRhdGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLlVwZGF0ZVVzZXJSZXNwb25zZRJNCgpEZWxldGVVc2VyEh4ubWVtc3RvcmUudjEuRGVsZXRlVXNlclJlcXVlc3QaHy5tZW1zdG9yZS52MS5EZWxldGVVc2VyUmVzcG9uc2USSgoJTGlzdFVzZXJzEh0ubWVtc3RvcmUudjEuTGlzdFVzZXJzUmVxdWVzdBoeLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc1Jlc3BvbnNlEmEKEExpc3RVc2Vyc0NodW5rZWQSJC5tZW1zdG9yZS52MS5MaXN0VXNlcnNDaHVua2VkUmVxdWVzdBolLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc0NodW5rZWRSZXNwb25zZTABElwKD0dldFVzZXJTZXNzaW9ucxIjLm1lbXN0b3JlLnYxLkdldFVzZXJTZXNzaW9uc1JlcXVlc3QaJC5tZW1zdG9yZS52MS5HZXRVc2VyU2Vzc2lvbnNSZXNwb25zZRJfChBCYXRjaENyZWF0ZVVzZXJzEiQubWVtc3RvcmUudjEuQmF0Y2hDcmVhdGVVc2Vyc1JlcXVlc3QaJS5tZW1zdG9yZS52MS5CYXRjaENyZWF0ZVVzZXJzUmVzcG9uc2USTQoKQ291bnRVc2VycxIeLm1lbXN0b3JlLnYxLkNvdW50VXNlcnNSZXF1ZXN0Gh8ubWVtc3RvcmUudjEuQ291bnRVc2Vyc1Jlc3BvbnNlEk8KCldhdGNoVXNlcnMSHi5tZW1zdG9yZS52MS5XYXRjaFVzZXJzUmVxdWVzdBofLm1lbXN0b3JlLnYxLldhdGNoVXNlcnNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_memstore_v1_sessions]);
 
 /**
  * User is an individual interacting with an application.
@@ -665,6 +665,273 @@ export const CountUsersResponseSchema: GenMessage<CountUsersResponse> = /*@__PUR
   messageDesc(file_memstore_v1_users, 18);
 
 /**
+ * Request of UserService.WatchUsers.
+ *
+ * @generated from message memstore.v1.WatchUsersRequest
+ */
+export type WatchUsersRequest = Message<"memstore.v1.WatchUsersRequest"> & {
+  /**
+   * Optional. A `resume_token` from any WatchUsersResponse: the stream then
+   * carries every change committed after the point it marks (and no
+   * snapshot, whatever `send_initial` says). Empty: changes committed after
+   * the call starts. INVALID_ARGUMENT (reason INVALID_RESUME_TOKEN) when
+   * malformed or issued by another memstore database; FAILED_PRECONDITION
+   * (reason RESUME_TOKEN_EXPIRED) when older than the change retention.
+   *
+   * @generated from field: string resume_token = 1;
+   */
+  resumeToken: string;
+
+  /**
+   * Optional. When true and `resume_token` is empty, every existing user
+   * comes first as a TYPE_EXISTING event (in `id` order, at most 1,000
+   * events per message and within the message size limit), then one message
+   * with `initial_complete` true, then the changes committed after that
+   * snapshot. Ignored with a `resume_token`.
+   *
+   * @generated from field: bool send_initial = 2;
+   */
+  sendInitial: boolean;
+};
+
+/**
+ * Describes the message memstore.v1.WatchUsersRequest.
+ * Use `create(WatchUsersRequestSchema)` to create a new message.
+ */
+export const WatchUsersRequestSchema: GenMessage<WatchUsersRequest> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 19);
+
+/**
+ * One message of UserService.WatchUsers.
+ *
+ * @generated from message memstore.v1.WatchUsersResponse
+ */
+export type WatchUsersResponse = Message<"memstore.v1.WatchUsersResponse"> & {
+  /**
+   * The events of this message, in the order to apply them: the snapshot's
+   * users in `id` order, then changes, those of one `user_id` in commit
+   * order. Empty in the first message when there is nothing to send, in
+   * heartbeats, and in the message with `initial_complete`.
+   *
+   * @generated from field: repeated memstore.v1.UserEvent events = 1;
+   */
+  events: UserEvent[];
+
+  /**
+   * Opaque token (base64url, AIP-158) marking the point after this
+   * message's events; pass it as WatchUsersRequest.resume_token to resume.
+   * A token taken in the middle of the snapshot resumes with the changes
+   * after the snapshot (the rest of the snapshot is not sent again). Valid
+   * for the server's change retention (`--change-retention`, default 7
+   * days).
+   *
+   * @generated from field: string resume_token = 2;
+   */
+  resumeToken: string;
+
+  /**
+   * True on exactly one message of a stream with `send_initial`: the one
+   * after the snapshot's last user (it has no events). False otherwise.
+   *
+   * @generated from field: bool initial_complete = 3;
+   */
+  initialComplete: boolean;
+};
+
+/**
+ * Describes the message memstore.v1.WatchUsersResponse.
+ * Use `create(WatchUsersResponseSchema)` to create a new message.
+ */
+export const WatchUsersResponseSchema: GenMessage<WatchUsersResponse> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 20);
+
+/**
+ * A change to one user, or one user of the initial snapshot.
+ *
+ * @generated from message memstore.v1.UserEvent
+ */
+export type UserEvent = Message<"memstore.v1.UserEvent"> & {
+  /**
+   * What happened; never TYPE_UNSPECIFIED.
+   *
+   * @generated from field: memstore.v1.UserEvent.Type type = 1;
+   */
+  type: UserEvent_Type;
+
+  /**
+   * The user after the change (for TYPE_EXISTING, as in the snapshot). For
+   * TYPE_DELETED, the user as it was last stored; at least `user_id`,
+   * `uuid` and `id` are set.
+   *
+   * @generated from field: memstore.v1.User user = 2;
+   */
+  user?: User | undefined;
+
+  /**
+   * Server-assigned position of the change; never decreases for one
+   * `user_id` (a consumer may drop an event whose sequence is below the
+   * last it applied to that `user_id`). Not contiguous, and not an order
+   * across users. 0 for TYPE_EXISTING.
+   *
+   * @generated from field: int64 sequence = 3;
+   */
+  sequence: bigint;
+
+  /**
+   * When the change was made (server clock, UTC, taken inside the changing
+   * transaction, shortly before its commit). For TYPE_EXISTING, when the
+   * snapshot was taken.
+   *
+   * @generated from field: google.protobuf.Timestamp commit_time = 4;
+   */
+  commitTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message memstore.v1.UserEvent.
+ * Use `create(UserEventSchema)` to create a new message.
+ */
+export const UserEventSchema: GenMessage<UserEvent> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 21);
+
+/**
+ * What happened to the user.
+ *
+ * @generated from enum memstore.v1.UserEvent.Type
+ */
+export enum UserEvent_Type {
+  /**
+   * Never sent.
+   *
+   * @generated from enum value: TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The user existed when the snapshot of `send_initial` was taken.
+   *
+   * @generated from enum value: TYPE_EXISTING = 1;
+   */
+  EXISTING = 1,
+
+  /**
+   * The user was created (a re-created `user_id` has a new `uuid` and
+   * `id`).
+   *
+   * @generated from enum value: TYPE_CREATED = 2;
+   */
+  CREATED = 2,
+
+  /**
+   * The user changed: a field was updated, or its `session_count` moved
+   * when one of its sessions was created or deleted.
+   *
+   * @generated from enum value: TYPE_UPDATED = 3;
+   */
+  UPDATED = 3,
+
+  /**
+   * The user was deleted, with all of its sessions.
+   *
+   * @generated from enum value: TYPE_DELETED = 4;
+   */
+  DELETED = 4,
+}
+
+/**
+ * Describes the enum memstore.v1.UserEvent.Type.
+ */
+export const UserEvent_TypeSchema: GenEnum<UserEvent_Type> = /*@__PURE__*/
+  enumDesc(file_memstore_v1_users, 21, 0);
+
+/**
+ * The content of a WatchUsersResponse.resume_token, which is the base64url
+ * (without padding) of this message's serialization. Documented for the
+ * curious: clients treat tokens as opaque, and the server may change this
+ * message between versions. A token marks PostgreSQL snapshots: the changes
+ * delivered are those of the transactions visible in `seen`, plus, within
+ * `window`, those up to `after_sequence`.
+ *
+ * @generated from message memstore.v1.WatchUsersResumeToken
+ */
+export type WatchUsersResumeToken = Message<"memstore.v1.WatchUsersResumeToken"> & {
+  /**
+   * Identifies the feed (one per memstore database) that issued the token; a
+   * token of another feed is INVALID_ARGUMENT (INVALID_RESUME_TOKEN).
+   *
+   * @generated from field: string feed_id = 1;
+   */
+  feedId: string;
+
+  /**
+   * Every change of a transaction visible in this snapshot was delivered.
+   *
+   * @generated from field: memstore.v1.WatchUsersResumeToken.Snapshot seen = 2;
+   */
+  seen?: WatchUsersResumeToken_Snapshot | undefined;
+
+  /**
+   * Optional. A later snapshot whose changes (those of transactions visible
+   * in it and not in `seen`) were being delivered in `sequence` order when
+   * the token was issued; unset between windows.
+   *
+   * @generated from field: memstore.v1.WatchUsersResumeToken.Snapshot window = 3;
+   */
+  window?: WatchUsersResumeToken_Snapshot | undefined;
+
+  /**
+   * With `window`: the changes of the window up to this `sequence` were
+   * delivered.
+   *
+   * @generated from field: int64 after_sequence = 4;
+   */
+  afterSequence: bigint;
+};
+
+/**
+ * Describes the message memstore.v1.WatchUsersResumeToken.
+ * Use `create(WatchUsersResumeTokenSchema)` to create a new message.
+ */
+export const WatchUsersResumeTokenSchema: GenMessage<WatchUsersResumeToken> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 22);
+
+/**
+ * A PostgreSQL snapshot (`pg_current_snapshot()`): which transactions had
+ * committed when it was taken.
+ *
+ * @generated from message memstore.v1.WatchUsersResumeToken.Snapshot
+ */
+export type WatchUsersResumeToken_Snapshot = Message<"memstore.v1.WatchUsersResumeToken.Snapshot"> & {
+  /**
+   * Every transaction below it had finished.
+   *
+   * @generated from field: uint64 xmin = 1;
+   */
+  xmin: bigint;
+
+  /**
+   * No transaction at or above it had finished.
+   *
+   * @generated from field: uint64 xmax = 2;
+   */
+  xmax: bigint;
+
+  /**
+   * The transactions in [xmin, xmax) still running, ascending.
+   *
+   * @generated from field: repeated uint64 xip = 3;
+   */
+  xip: bigint[];
+};
+
+/**
+ * Describes the message memstore.v1.WatchUsersResumeToken.Snapshot.
+ * Use `create(WatchUsersResumeToken_SnapshotSchema)` to create a new message.
+ */
+export const WatchUsersResumeToken_SnapshotSchema: GenMessage<WatchUsersResumeToken_Snapshot> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 22, 0);
+
+/**
  * UserService manages Users: the individuals interacting with an
  * application, each of whom may own many Sessions.
  *
@@ -802,6 +1069,31 @@ export const UserService: GenService<{
     methodKind: "unary";
     input: typeof CountUsersRequestSchema;
     output: typeof CountUsersResponseSchema;
+  },
+  /**
+   * Streams every change to users (AIP-style change feed): optionally a
+   * consistent snapshot of every existing user first, then every change
+   * committed after it, each message carrying an opaque `resume_token` from
+   * which a broken stream is resumed with nothing missed. Delivery is at
+   * least once: a consumer that applies each event's `user` as the new state
+   * of its `user_id` (and removes it on TYPE_DELETED) ends with exactly what
+   * ListUsers shows. The first message comes at once (with no events when
+   * there is nothing to send); while nothing changes, a message with no
+   * events and a fresh `resume_token` comes at least every heartbeat interval
+   * (the server's `--watch-heartbeat`, default 5 seconds).
+   *
+   * Errors: INVALID_ARGUMENT (a malformed or foreign `resume_token`, reason
+   * INVALID_RESUME_TOKEN), FAILED_PRECONDITION (a `resume_token` older than
+   * the server's change retention, reason RESUME_TOKEN_EXPIRED: take a new
+   * snapshot with `send_initial`), RESOURCE_EXHAUSTED (too many open
+   * streams, reason TOO_MANY_STREAMS).
+   *
+   * @generated from rpc memstore.v1.UserService.WatchUsers
+   */
+  watchUsers: {
+    methodKind: "server_streaming";
+    input: typeof WatchUsersRequestSchema;
+    output: typeof WatchUsersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_memstore_v1_users, 0);
