@@ -27,6 +27,7 @@ from memstore_client.cli.exits import USAGE_ERROR, CommandError
 from memstore_client.cli.output import AtomicFile, HashingWriter, stdout_writer, write_atomically
 from memstore_client.cli.records import Timestamps, json_line
 from memstore_client.cli.watch import current_resume_token
+from memstore_client.errors import translate
 
 CHUNK_SIZE = 1000
 FORMATS = ("jsonl", "parquet")
@@ -85,13 +86,13 @@ def run(args: argparse.Namespace, connection: Connection) -> int:
         parquet.pyarrow()  # a missing extra is reported before anything is written
         if args.out is None and sys.stdout.isatty():
             raise CommandError("Parquet is binary: give --out PATH, or redirect stdout", USAGE_ERROR)
-    token = current_resume_token(connection) if args.out is not None else None
     started = time.monotonic()
     if args.out is None:
         writer = stdout_writer()
         count = _export(connection, request, _sink(args.format, writer))
     else:
         with AtomicFile(args.out) as target:
+            token = current_resume_token(connection)  # before the first user is read
             writer = target.writer
             count = _export(connection, request, _sink(args.format, writer))
             target.commit()
@@ -168,7 +169,10 @@ def chunks(connection: Connection, request: users_pb2.ListUsersChunkedRequest) -
             failures += 1
             delay = policy.delay(error.code(), failures)
             if delay is None:
-                raise server_failure(error, "ListUsersChunked") from None
+                failure = translate(error)
+                if failure.reason == "INVALID_FILTER":
+                    raise CommandError(f"--filter: {failure.message}", USAGE_ERROR) from None
+                raise server_failure(failure, "ListUsersChunked") from None
             time.sleep(delay)
         finally:
             stream.cancel()

@@ -150,6 +150,9 @@ class _Importer:
                     if isinstance(request, RecordError):
                         raise request
                 except RecordError as error:
+                    # Every line before it is imported (or refused for itself), then the import stops.
+                    if batch.requests:
+                        self._send(batch)
                     self._drain()
                     raise self._stopped(line, error.field, error.description, self._created_note()) from None
                 if batch.requests and (
