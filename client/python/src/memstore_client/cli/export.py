@@ -109,7 +109,7 @@ def run(args: argparse.Namespace, connection: Connection) -> int:
         write_atomically(manifest_path(args.out), (json.dumps(manifest, indent=2) + "\n").encode())
     seconds = time.monotonic() - started
     print(
-        f"memstore: exported {count:,} users in {seconds:.1f}s"
+        f"memstore: exported {count:,} users in {seconds:.2f}s"
         + (f" to {args.out} (manifest {manifest_path(args.out)})" if args.out else ""),
         file=sys.stderr,
     )

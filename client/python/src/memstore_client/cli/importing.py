@@ -121,7 +121,7 @@ def run(args: argparse.Namespace, connection: Connection) -> int:
     seconds = time.monotonic() - started
     skipped = f", {tally.skipped:,} skipped (they existed)" if args.skip_existing else ""
     print(
-        f"memstore: imported {tally.created:,} users{skipped} in {seconds:.1f}s",
+        f"memstore: imported {tally.created:,} users{skipped} in {seconds:.2f}s",
         file=sys.stderr,
     )
     return 0
