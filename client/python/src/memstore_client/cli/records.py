@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,30 @@ ASSIGNED_BY_SERVER = frozenset(FIELDS) - frozenset(IMPORTED)
 # Whole-number doubles within +-2**53 are exactly one integer: write them as integers.
 _LARGEST_EXACT_INTEGER = 2**53
 
-encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+
+def _unencodable(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """Compact JSON text of a value, UTF-8 as it is (no \\u escapes).
+
+    The C encoder called directly costs a third of ``JSONEncoder.encode``, whose
+    Python wrapper dominates for small objects; JSONEncoder where there is no C.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    escape = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or escape is None:
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+    chunks = make(None, _unencodable, escape, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+encode = _compact_encoder()
+# A JSON string literal of a str.
+quote: Callable[[str], str] = (
+    getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+)
 
 
 def _value(value: struct_pb2.Value) -> Any:
@@ -93,8 +116,19 @@ def user_object(user: users_pb2.User, stamps: Timestamps) -> dict[str, Any]:
 
 
 def json_line(user: users_pb2.User, stamps: Timestamps) -> str:
-    """One JSONL line of the user (without its newline)."""
-    return encode(user_object(user, stamps))
+    """One JSONL line of the user (without its newline): ``user_object`` as compact JSON.
+
+    Written out field by field rather than through a dict: export runs it once per user.
+    """
+    created, updated = user.created_at, user.updated_at
+    created_text = stamps.text(created)
+    updated_text = created_text if created == updated else stamps.text(updated)
+    return (
+        f'{{"user_id":{quote(user.user_id)},"email":{quote(user.email)},'
+        f'"first_name":{quote(user.first_name)},"last_name":{quote(user.last_name)},'
+        f'"metadata":{encode(metadata_of(user))},"uuid":{quote(user.uuid)},"id":{user.id},'
+        f'"created_at":"{created_text}","updated_at":"{updated_text}","session_count":{user.session_count}}}'
+    )
 
 
 def metadata_json(user: users_pb2.User) -> str:
