@@ -7,13 +7,17 @@ at their number and field; exit codes; --skip-existing; watch from a manifest.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import pty
 import signal
 import socket
+import struct as struct_module
 import subprocess
 import sys
+import termios
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
@@ -31,7 +35,16 @@ from memstore_client.cli import exits
 from memstore_client.cli.records import RecordError, Timestamps, create_request, json_line
 from memstore_server.config import Settings
 
-from tests.support import TIMEOUT, RunningServer, ServerAddress, server_environment, struct, unique, wait_for
+from tests.support import (
+    TIMEOUT,
+    RunningServer,
+    ServerAddress,
+    bulk_users,
+    server_environment,
+    struct,
+    unique,
+    wait_for,
+)
 
 MEMSTORE = Path(sys.executable).parent / "memstore"
 # A command that does its work and exits; generous for a loaded 2-core machine.
@@ -318,6 +331,57 @@ def test_export_filter_passes_the_request_field(
     assert "--filter" in bad.stderr
 
 
+@pytest.mark.usefixtures("empty_store")
+def test_a_reader_that_goes_away_ends_the_export_quietly(server: ServerAddress, db: peewee.Database) -> None:
+    bulk_users(db, 3000)  # about a megabyte of lines: far more than a pipe holds
+    process = subprocess.Popen(
+        [str(MEMSTORE), "export", "--address", server.target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=server_environment(),
+    )
+    assert process.stdout is not None
+    assert json.loads(process.stdout.readline())["user_id"].startswith("bulk-")
+    process.stdout.close()  # as `head -1` does
+    _, stderr = process.communicate(timeout=COMMAND_TIMEOUT)
+    assert process.returncode == exits.BROKEN_PIPE, stderr
+    assert b"Traceback" not in stderr
+
+
+def test_progress_is_drawn_on_a_terminal_and_never_into_a_pipe(
+    server: ServerAddress, users: users_pb2_grpc.UserServiceStub, tmp_path: Path
+) -> None:
+    create(users, unique("progress"))
+    piped = succeeded(memstore("export", "--out", tmp_path / "piped.jsonl", "--address", server.target))
+    assert "\r" not in piped.stderr
+    for line in piped.stderr.splitlines():  # the summary, and a warning while WatchUsers is not served
+        assert line.startswith(("memstore: exported ", "memstore: warning: ")), line
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct_module.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    try:
+        process = subprocess.Popen(
+            [str(MEMSTORE), "export", "--out", str(tmp_path / "tty.jsonl"), "--address", server.target],
+            stdout=subprocess.DEVNULL,
+            stderr=terminal,
+            env=server_environment(),
+        )
+        assert process.wait(timeout=COMMAND_TIMEOUT) == 0
+        os.close(terminal)
+        drawn = b""
+        while True:
+            try:
+                block = os.read(controller, 65536)
+            except OSError:  # the terminal's other end is closed and everything was read
+                break
+            if not block:
+                break
+            drawn += block
+    finally:
+        os.close(controller)
+    assert b"exporting" in drawn  # the bar's label; the summary says "exported"
+
+
 # ------------------------------------------------------------------------------------ import
 
 
@@ -440,6 +504,26 @@ def test_skip_existing_reruns_leave_existing_users_as_they_are(
         user.user_id: user.first_name for user in all_users(users) if user.user_id.startswith(prefix + "-")
     }
     assert names == {f"{prefix}-{n}": "Old" if n < 5 else "New" for n in range(8)}
+
+
+def test_a_parquet_row_with_bad_metadata_is_named_by_its_row(
+    server: ServerAddress, db: peewee.Database, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prefix = unique("rows")
+    ids = [f"{prefix}-{n}" for n in range(1, 5)]
+    table = pa.table({"user_id": ids, "metadata": ['{"a": 1}', None, "{not json", "{}"]})
+    source = tmp_path / "users.parquet"
+    pq.write_table(table, source)
+
+    result = memstore("import", source, "--address", server.target)
+
+    assert result.returncode == exits.DATA_ERROR, result.stderr
+    assert "row 3: metadata: not JSON text" in result.stderr
+    assert "2 users were created before it" in result.stderr
+    assert existing(db, ids) == set(ids[:2])
 
 
 def test_import_finds_the_format_from_the_content_and_reads_past_blank_lines(
