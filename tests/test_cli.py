@@ -285,6 +285,20 @@ def test_parquet_export_reads_back_typed_in_pyarrow_and_imports(
 
 
 @pytest.mark.usefixtures("empty_store")
+def test_worker_processes_write_the_same_bytes_as_one_process(
+    server: ServerAddress, users: users_pb2_grpc.UserServiceStub, db: peewee.Database, tmp_path: Path
+) -> None:
+    sample_users(users)
+    bulk_users(db, 5000)
+    one, workers = tmp_path / "one.jsonl", tmp_path / "workers.jsonl"
+    succeeded(memstore("export", "--jobs", "1", "--out", one, "--address", server.target))
+    succeeded(memstore("export", "--jobs", "2", "--out", workers, "--address", server.target))
+    assert one.read_bytes() == workers.read_bytes()  # in order, and metadata keys sorted alike
+    assert manifest_of(one)["sha256"] == manifest_of(workers)["sha256"]
+    assert manifest_of(workers)["count"] == 5025
+
+
+@pytest.mark.usefixtures("empty_store")
 def test_export_to_stdout_and_import_from_stdin(
     server: ServerAddress, users: users_pb2_grpc.UserServiceStub, db: peewee.Database
 ) -> None:
@@ -560,6 +574,7 @@ def test_large_metadata_is_sent_in_batches_that_fit(
         ("import", "x.jsonl", "--batch-size", "1001"),
         ("watch", "--since", "t", "--initial"),
         ("watch", "--limit", "0"),
+        ("export", "--jobs", "0"),
         ("frobnicate",),
     ],
 )

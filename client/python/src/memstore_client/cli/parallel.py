@@ -1,0 +1,90 @@
+"""JSONL made from stream messages in worker processes, written in the order they were read.
+
+Turning users into JSON costs a Python process several times what reading them
+from the stream does, so one process converting is what limits an export. The
+main process hands each message's bytes, unparsed, to a pool of workers and
+writes their lines back in order, with a bounded number in flight, so memory
+stays constant. Small exports never start the pool: the first users are
+converted in this process while starting workers would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+
+from memstore.v1 import users_pb2
+
+from memstore_client.cli.records import Timestamps, json_line
+
+# Users converted in this process before the workers are started (when --jobs is left to choose).
+IN_PROCESS_FIRST = 20_000
+MAX_JOBS = 4
+
+
+def default_jobs() -> int:
+    return max(1, min(MAX_JOBS, os.cpu_count() or 1))
+
+
+def jsonl_block(data: bytes) -> tuple[bytes, int]:
+    """The JSON lines (UTF-8, each ending in a newline) of one serialized ListUsersChunkedResponse."""
+    message = users_pb2.ListUsersChunkedResponse.FromString(data)
+    stamps = Timestamps()
+    lines = [json_line(user, stamps) for user in message.users]
+    if not lines:
+        return b"", 0
+    lines.append("")
+    return "\n".join(lines).encode("utf-8"), len(lines) - 1
+
+
+def _worker_signals() -> None:
+    """Ctrl-C reaches the whole process group: only the main process answers it (and stops the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Converter:
+    """Ordered conversion of stream messages to JSONL blocks, in ``jobs`` worker processes.
+
+    ``jobs`` 1 converts everything here; ``in_process_first`` users are converted
+    here before the pool is started.
+    """
+
+    def __init__(self, jobs: int, in_process_first: int) -> None:
+        self._jobs = jobs
+        self._in_process_first = in_process_first
+        self._converted_here = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: deque[Future[tuple[bytes, int]]] = deque()
+
+    def convert(self, data: bytes) -> Iterator[tuple[bytes, int]]:
+        """The blocks ready to write, in order, after taking ``data``."""
+        if self._jobs <= 1 or (self._pool is None and self._converted_here < self._in_process_first):
+            block = jsonl_block(data)
+            self._converted_here += block[1]
+            yield block
+            return
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self._jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_signals
+            )
+        self._pending.append(self._pool.submit(jsonl_block, data))
+        while len(self._pending) > 2 * self._jobs:
+            yield self._pending.popleft().result()
+
+    def finish(self) -> Iterator[tuple[bytes, int]]:
+        """Every block still being converted, in order."""
+        while self._pending:
+            yield self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Stop the workers (on success they are idle; on failure, work still queued is dropped)."""
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
