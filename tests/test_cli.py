@@ -424,6 +424,7 @@ def existing(db: peewee.Database, user_ids: list[str]) -> set[str]:
         ('{"user_id": "u", "email": 3}', "email", "expected a string, got a number"),
         ('{"user_id": "u", "metadata": [1]}', "metadata", "expected a JSON object, got an array"),
         ('{"user_id": "u", "emial": "x@example.com"}', "emial", "unknown field"),
+        ('{"user_id": "u", "metadata": {"a": ' + "[" * 50_000 + "]" * 50_000 + "}}", "", "nested too deeply"),
     ],
 )
 def test_an_invalid_line_stops_the_import_with_its_number_field_and_count(  # noqa: PLR0917

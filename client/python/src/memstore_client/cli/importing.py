@@ -356,4 +356,6 @@ def _json_lines(source: BinaryIO) -> Iterator[tuple[int, Any, int]]:
             record = RecordError("", "not UTF-8 text")
         except ValueError as error:
             record = RecordError("", f"not JSON: {error}")
+        except RecursionError:
+            record = RecordError("", "not JSON this reader can take: nested too deeply")
         yield number, record, len(raw)

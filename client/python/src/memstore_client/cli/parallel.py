@@ -16,9 +16,11 @@ import signal
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from memstore.v1 import users_pb2
 
+from memstore_client.cli.exits import DATA_ERROR, CommandError
 from memstore_client.cli.records import Timestamps, json_line
 
 # Users converted in this process before the workers are started (when --jobs is left to choose).
@@ -73,12 +75,12 @@ class Converter:
             )
         self._pending.append(self._pool.submit(jsonl_block, data))
         while len(self._pending) > 2 * self._jobs:
-            yield self._pending.popleft().result()
+            yield _result(self._pending.popleft())
 
     def finish(self) -> Iterator[tuple[bytes, int]]:
         """Every block still being converted, in order."""
         while self._pending:
-            yield self._pending.popleft().result()
+            yield _result(self._pending.popleft())
 
     def close(self) -> None:
         """Stop the workers (on success they are idle; on failure, work still queued is dropped)."""
@@ -88,3 +90,12 @@ class Converter:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _result(future: Future[tuple[bytes, int]]) -> tuple[bytes, int]:
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise CommandError(
+            "a worker process converting users died (killed?); run again, or with --jobs 1", DATA_ERROR
+        ) from None

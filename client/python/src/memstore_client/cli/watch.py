@@ -164,7 +164,7 @@ def messages(connection: Connection, token: str, *, send_initial: bool) -> Itera
         finally:
             stream.cancel()
         if error is not None:
-            _give_up_on(error, bool(token))
+            _give_up_on(error)
         failures += 1
         delay = WATCH_RESUME.delay(error_code, failures)
         if delay is None:
@@ -179,7 +179,7 @@ def messages(connection: Connection, token: str, *, send_initial: bool) -> Itera
         time.sleep(delay)
 
 
-def _give_up_on(error: grpc.RpcError, have_token: bool) -> None:
+def _give_up_on(error: grpc.RpcError) -> None:
     """Errors no retry can mend: an expired or bad token, a refused call."""
     failure = translate(error)
     if failure.reason == "RESUME_TOKEN_EXPIRED":
