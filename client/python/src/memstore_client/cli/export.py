@@ -26,7 +26,7 @@ from memstore_client.cli import parquet, progress
 from memstore_client.cli.connection import Connection, server_failure
 from memstore_client.cli.exits import USAGE_ERROR, CommandError
 from memstore_client.cli.output import AtomicFile, HashingWriter, stdout_writer, write_atomically
-from memstore_client.cli.parallel import IN_PROCESS_FIRST, MAX_JOBS, Converter, default_jobs
+from memstore_client.cli.parallel import Converter
 from memstore_client.cli.watch import current_resume_token
 from memstore_client.errors import translate
 
@@ -116,9 +116,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs",
         type=int,
+        default=1,
         metavar="N",
-        help="JSONL: processes converting users to JSON (default: one per core, at most "
-        f"{MAX_JOBS}, once the first {IN_PROCESS_FIRST:,} users are written; 1: this process only)",
+        help="JSONL: worker processes turning users into JSON (default: 1, this process); more pays "
+        "only where the command has cores to itself, not beside the server and its database",
     )
     parser.add_argument(
         "--filter",
@@ -130,7 +131,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, connection: Connection) -> int:
-    if args.jobs is not None and args.jobs < 1:
+    if args.jobs < 1:
         raise CommandError("--jobs must be at least 1", USAGE_ERROR)
     request = _request(args.filter)
     if args.format == "parquet":
@@ -186,9 +187,7 @@ def _request(filter_text: str | None) -> users_pb2.ListUsersChunkedRequest:
 def _sink(args: argparse.Namespace, writer: HashingWriter) -> Sink:
     if args.format == "parquet":
         return ParquetMessages(writer)
-    if args.jobs is None:
-        return JsonLinesSink(writer, Converter(default_jobs(), IN_PROCESS_FIRST))
-    return JsonLinesSink(writer, Converter(args.jobs, 0))
+    return JsonLinesSink(writer, Converter(args.jobs))
 
 
 def _export(connection: Connection, request: users_pb2.ListUsersChunkedRequest, sink: Sink) -> int:

@@ -1,17 +1,17 @@
-"""JSONL made from stream messages in worker processes, written in the order they were read.
+"""JSONL made from stream messages in worker processes (``export --jobs N``), written in order.
 
 Turning users into JSON costs a Python process several times what reading them
-from the stream does, so one process converting is what limits an export. The
-main process hands each message's bytes, unparsed, to a pool of workers and
-writes their lines back in order, with a bounded number in flight, so memory
-stays constant. Small exports never start the pool: the first users are
-converted in this process while starting workers would cost more than it saves.
+from the stream does. With ``--jobs N`` the main process hands each message's
+bytes, unparsed, to N worker processes and writes their lines back in the order
+read, a bounded number in flight, so memory stays constant. It pays only where
+the command has cores to itself: beside the server and PostgreSQL on 2 cores,
+starting and feeding the workers cost more than they saved, so one process is
+the default.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 from collections import deque
 from collections.abc import Iterator
@@ -22,14 +22,6 @@ from memstore.v1 import users_pb2
 
 from memstore_client.cli.exits import DATA_ERROR, CommandError
 from memstore_client.cli.records import Timestamps, json_line
-
-# Users converted in this process before the workers are started (when --jobs is left to choose).
-IN_PROCESS_FIRST = 20_000
-MAX_JOBS = 4
-
-
-def default_jobs() -> int:
-    return max(1, min(MAX_JOBS, os.cpu_count() or 1))
 
 
 def jsonl_block(data: bytes) -> tuple[bytes, int]:
@@ -49,25 +41,18 @@ def _worker_signals() -> None:
 
 
 class Converter:
-    """Ordered conversion of stream messages to JSONL blocks, in ``jobs`` worker processes.
+    """Ordered conversion of stream messages to JSONL blocks: here when ``jobs`` is 1, else in
+    ``jobs`` worker processes."""
 
-    ``jobs`` 1 converts everything here; ``in_process_first`` users are converted
-    here before the pool is started.
-    """
-
-    def __init__(self, jobs: int, in_process_first: int) -> None:
+    def __init__(self, jobs: int) -> None:
         self._jobs = jobs
-        self._in_process_first = in_process_first
-        self._converted_here = 0
         self._pool: ProcessPoolExecutor | None = None
         self._pending: deque[Future[tuple[bytes, int]]] = deque()
 
     def convert(self, data: bytes) -> Iterator[tuple[bytes, int]]:
         """The blocks ready to write, in order, after taking ``data``."""
-        if self._jobs <= 1 or (self._pool is None and self._converted_here < self._in_process_first):
-            block = jsonl_block(data)
-            self._converted_here += block[1]
-            yield block
+        if self._jobs <= 1:
+            yield jsonl_block(data)
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
