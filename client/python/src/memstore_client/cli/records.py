@@ -75,15 +75,20 @@ def _value(value: struct_pb2.Value) -> Any:
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
-        return {key: _value(item) for key, item in value.struct_value.fields.items()}
+        fields = value.struct_value.fields
+        return {key: _value(fields[key]) for key in fields}
     if kind == "list_value":
         return [_value(item) for item in value.list_value.values]
     return None
 
 
 def metadata_of(user: users_pb2.User) -> dict[str, Any]:
-    """The user's metadata as a plain JSON object (integers as integers)."""
-    return {key: _value(item) for key, item in user.metadata.fields.items()}
+    """The user's metadata as a plain JSON object (integers as integers).
+
+    Keys then lookups: a protobuf map's ``items()`` is the Mapping mixin's, in Python.
+    """
+    fields = user.metadata.fields
+    return {key: _value(fields[key]) for key in fields}
 
 
 class Timestamps:
