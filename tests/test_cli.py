@@ -722,6 +722,42 @@ def test_an_interrupted_export_exits_128_plus_the_signal_and_leaves_no_file(
     no_leftovers(tmp_path)
 
 
+def readme_examples(repo_root: Path) -> list[str]:
+    """The commands of the README's first shell block about the memstore command."""
+    text = (repo_root / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## The memstore command") :]
+    block = section[
+        section.index("```sh\n") + len("```sh\n") : section.index("\n```", section.index("```sh"))
+    ]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@pytest.mark.usefixtures("empty_store")
+def test_the_readme_examples_run_as_written(
+    server: ServerAddress, users: users_pb2_grpc.UserServiceStub, repo_root: Path, tmp_path: Path
+) -> None:
+    """Every line but the endless watch, with memstore and make run's address as the README sets them."""
+    sample_users(users, 5)
+    lines = readme_examples(repo_root)
+    assert lines[0] == "alias memstore=.venv/bin/memstore"
+    assert lines[-1].startswith("memstore watch ")
+    script = "\n".join(["set -eo pipefail", f'memstore() {{ "{MEMSTORE}" "$@"; }}', *lines[1:-1]])
+    result = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT * 2,
+        check=False,
+        cwd=tmp_path,
+        env={**server_environment(), "MEMSTORE_ADDR": server.target},
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3  # export | head -3
+    for name in ("users.jsonl", "users.parquet"):
+        assert manifest_of(tmp_path / name)["count"] == 5
+    assert "imported 0 users, 5 skipped" in result.stderr
+
+
 # ------------------------------------------------------------------------------------ watch
 
 
