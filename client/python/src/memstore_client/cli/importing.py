@@ -91,10 +91,10 @@ class _Batch:
     requests: list[users_pb2.CreateUserRequest] = field(default_factory=list)
     size: int = 0
 
-    def add(self, line: int, request: users_pb2.CreateUserRequest) -> None:
+    def add(self, line: int, request: users_pb2.CreateUserRequest, size: int) -> None:
         self.lines.append(line)
         self.requests.append(request)
-        self.size += request.ByteSize()
+        self.size += size
 
 
 @dataclass
@@ -155,12 +155,13 @@ class _Importer:
                         self._send(batch)
                     self._drain()
                     raise self._stopped(line, error.field, error.description, self._created_note()) from None
+                size = request.ByteSize()
                 if batch.requests and (
-                    len(batch.requests) >= self._batch_size or batch.size + request.ByteSize() > BATCH_BYTES
+                    len(batch.requests) >= self._batch_size or batch.size + size > BATCH_BYTES
                 ):
                     self._send(batch)
                     batch = _Batch()
-                batch.add(line, request)
+                batch.add(line, request, size)
                 bar.update(progressed)
             if batch.requests:
                 self._send(batch)
@@ -351,7 +352,7 @@ def _json_lines(source: BinaryIO) -> Iterator[tuple[int, Any, int]]:
             yield number, BLANK, len(raw)
             continue
         try:
-            record = json.loads(raw)
+            record = json.loads(raw.decode("utf-8"))  # decoded here: json would guess the encoding
         except UnicodeDecodeError:
             record = RecordError("", "not UTF-8 text")
         except ValueError as error:
