@@ -106,11 +106,13 @@ class RunningServer(LoopThread):
         await handle.server.start()
         if database_health:
             await handle.database_health.start()
+        handle.feed.start()
         return handle
 
     async def _stop(self, grace: float | None) -> None:
         await self.handle.server.stop(grace)
         await self.handle.database_health.stop()
+        await self.handle.feed.stop()
         self.handle.blocking.shutdown()
 
 

@@ -12,7 +12,8 @@ import pytest
 from memstore_server.database import open_database
 from memstore_server.errors import FailedPrecondition
 from memstore_server.migrations import LATEST_VERSION, MIGRATIONS, applied_versions, migrate
-from memstore_server.models import Session, User
+from memstore_server.models import Session, User, UserChange, UserChangesHorizon
+from memstore_server.store import changes as change_queries
 from memstore_server.store import sessions as session_queries
 from memstore_server.store import users as user_queries
 from psycopg2 import sql
@@ -28,6 +29,9 @@ EXPECTED_TYPES = {
     "JSONB": "jsonb",
     "TIMESTAMPTZ": "timestamp with time zone",
     "BLOB": "bytea",
+    "XID8": "xid8",
+    "SMALLINT": "smallint",
+    "BOOL": "boolean",
 }
 
 
@@ -74,7 +78,7 @@ def test_a_database_from_a_newer_memstore_is_refused(fresh_database: peewee.Data
         migrate(fresh_database)
 
 
-@pytest.mark.parametrize("model", [User, Session])
+@pytest.mark.parametrize("model", [User, Session, UserChange, UserChangesHorizon])
 def test_every_model_field_exists_in_the_migrated_schema(
     db: peewee.Database, model: type[peewee.Model]
 ) -> None:
@@ -129,3 +133,12 @@ def test_a_range_of_users_is_read_through_the_primary_key(db: peewee.Database) -
     plan = _plan(db, user_queries._LIST_MESSAGES_THROUGH.text, (0, 10))
     assert "users_pkey" in plan, plan
     assert "Seq Scan" not in plan, plan
+
+
+def test_a_window_of_changes_is_read_through_the_xid_key(db: peewee.Database) -> None:
+    """The change feed's read (store.changes): bounded by the snapshots' xids, so its cost is
+    the window's, however many changes are kept."""
+    params = {"seen": "100:110:", "window": "120:130:", "after": 0, "limit": 10}
+    plan = _plan(db, change_queries._READ, params)  # type: ignore[arg-type]
+    assert "user_changes_pkey" in plan, plan
+    assert not [line for line in plan.splitlines() if "Seq Scan on user_changes " in line], plan

@@ -26,6 +26,7 @@ from memstore_server.boundary import guard_errors
 from memstore_server.config import Settings
 from memstore_server.database import open_database
 from memstore_server.decoding import reject_undecodable, tolerant
+from memstore_server.feed import ChangeFeed
 from memstore_server.handlers import HandlerTable, Wrapper
 from memstore_server.health import DatabaseHealth
 from memstore_server.models import database_proxy
@@ -34,9 +35,11 @@ from memstore_server.reflection_pool import DocumentedPool
 from memstore_server.replica import Reads, Replica
 from memstore_server.servicers.sessions import SessionServicer
 from memstore_server.servicers.users import UserServicer
+from memstore_server.store.changes import ChangeStore
 from memstore_server.store.sessions import SessionStore
 from memstore_server.store.users import UserStore
 from memstore_server.streams import StreamLimits
+from memstore_server.watching import Watch
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class ServerHandle(NamedTuple):
     # The threads that run database calls; shut down after the server stops.
     blocking: Blocking
     streams: StreamLimits
+    # Started beside the server (its pruner runs from then on); stopped before the threads.
+    feed: ChangeFeed
 
 
 def authenticator_for(settings: Settings) -> Authenticator:
@@ -129,9 +134,21 @@ def create_server(
     threads = settings.db_pool_size + (settings.read_pool_size if replica is not None else 0)
     blocking = Blocking(threads=threads, queue_timeout=settings.db_pool_timeout)
     table = HandlerTable()
+    # The change feed reads the primary: snapshots and transaction ids are the primary's.
+    feed = ChangeFeed(
+        ChangeStore(db), blocking, heartbeat=settings.watch_heartbeat, retention=settings.change_retention
+    )
+    watch = Watch(
+        feed,
+        blocking,
+        max_message_bytes=settings.max_message_bytes,
+        listings=max(1, settings.db_pool_size // 4),
+    )
     table.add_service(
         USER_SERVICE,
-        UserServicer(UserStore(db, reads), blocking, max_message_bytes=settings.max_message_bytes),
+        UserServicer(
+            UserStore(db, reads), blocking, max_message_bytes=settings.max_message_bytes, watch=watch
+        ),
     )
     table.add_service(
         SESSION_SERVICE,
@@ -180,4 +197,4 @@ def create_server(
         "mutual TLS" if settings.tls_client_ca else "TLS" if credentials else "plaintext",
         authenticator.mode,
     )
-    return ServerHandle(server, port, health_servicer, database_health, blocking, streams)
+    return ServerHandle(server, port, health_servicer, database_health, blocking, streams, feed)

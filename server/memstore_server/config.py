@@ -201,6 +201,18 @@ class Settings:
         "seconds a stream may wait on a client that reads nothing before it is cancelled",
         float,
     )
+    watch_heartbeat: float = _setting(
+        5.0,
+        "--watch-heartbeat",
+        "seconds between WatchUsers messages at most while nothing changes (each with a fresh resume token)",
+        float,
+    )
+    change_retention: float = _setting(
+        7 * 24 * 3600.0,
+        "--change-retention",
+        "seconds changes are kept for WatchUsers resume tokens (default 7 days); older ones are deleted",
+        float,
+    )
     grace_period: float = _setting(10.0, "--grace-period", "seconds in-flight RPCs get on shutdown", float)
     max_message_bytes: int = _setting(
         DEFAULT_MAX_MESSAGE_BYTES,
@@ -276,7 +288,14 @@ class Settings:
                 raise ConfigError(f"{OPTIONS[name].names} must be at least 1")
         if self.read_db_pool_size is not None and self.read_db_pool_size < 1:
             raise ConfigError(f"{OPTIONS['read_db_pool_size'].names} must be at least 1")
-        for name in ("db_pool_timeout", "stream_stall_timeout", "health_interval", "max_replica_lag"):
+        for name in (
+            "db_pool_timeout",
+            "stream_stall_timeout",
+            "health_interval",
+            "max_replica_lag",
+            "watch_heartbeat",
+            "change_retention",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{OPTIONS[name].names} must be above 0 seconds")
         if not self.grace_period >= 0:

@@ -161,3 +161,15 @@ def _discard(db: peewee.Database) -> None:
     multi-host URL then finds the new primary)."""
     if not db.is_closed():
         db.connection().close()
+
+
+def own_connection(db: peewee.Database) -> Any:
+    """A new connection to ``db``'s database outside its pool, for what holds one long:
+    the change feed's LISTEN, a snapshot's listing. The caller closes it."""
+    try:
+        return psycopg2.connect(database=db.database, **db.connect_params)
+    except psycopg2.OperationalError as error:
+        logger.warning("database unavailable: %s", " ".join(str(error).split()))
+        raise Unavailable(
+            "the database is unavailable; retry with backoff", reason="DATABASE_UNAVAILABLE"
+        ) from error

@@ -96,6 +96,7 @@ async def serve(settings: Settings, db: PooledDatabase, *, serve_metrics: bool =
         metrics_server = metrics.serve_metrics(settings.metrics_listen)
     await handle.server.start()
     await handle.database_health.start()
+    handle.feed.start()
     if tracer_provider is not None:
         logger.info("tracing: exporting spans over OTLP")
     host = settings.listen.rpartition(":")[0]
@@ -136,6 +137,7 @@ async def serve(settings: Settings, db: PooledDatabase, *, serve_metrics: bool =
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
         await handle.database_health.stop()
+        await handle.feed.stop()
         handle.blocking.shutdown()
         if metrics_server is not None:
             metrics_server.shutdown()

@@ -52,3 +52,39 @@ class Session(BaseModel):
     class Meta:
         table_name = "sessions"
         indexes = ((("user", "id"), False),)
+
+
+class Xid8Field(peewee.Field):
+    """A 64-bit transaction id (PostgreSQL's xid8), read and written as its text."""
+
+    field_type = "XID8"
+
+
+class UserChange(BaseModel):
+    """One committed change to a user, written by triggers (migrations/m0008_user_changes.py)."""
+
+    xid = Xid8Field()
+    user_row_id = peewee.BigIntegerField()
+    sequence = peewee.BigIntegerField()
+    # A memstore.v1.UserEvent.Type: 2 created, 3 updated, 4 deleted.
+    type = peewee.SmallIntegerField()
+    user_id = peewee.TextField()
+    uuid = peewee.UUIDField()
+    # The user's stored message after the change (before it, for a delete).
+    message = peewee.BlobField(null=True)
+    commit_time = DateTimeTZField()
+
+    class Meta:
+        table_name = "user_changes"
+        primary_key = peewee.CompositeKey("xid", "user_row_id")
+
+
+class UserChangesHorizon(BaseModel):
+    """One row: the feed's identity, and the xid below which changes may have been pruned."""
+
+    singleton = peewee.BooleanField(primary_key=True, default=True)
+    feed_id = peewee.UUIDField()
+    pruned_below = Xid8Field()
+
+    class Meta:
+        table_name = "user_changes_horizon"

@@ -176,3 +176,59 @@ def chunks_of(users: KeysetPage, max_bytes: int) -> list[tuple[bytes, int, int]]
         )
         for start, end in split(users.users, max_bytes)
     ]
+
+
+# ---------------------------------------------------------------- WatchUsers
+
+_EVENTS_FIELD = users_pb2.WatchUsersResponse.DESCRIPTOR.fields_by_name["events"].number
+_EVENT_USER_FIELD = users_pb2.UserEvent.DESCRIPTOR.fields_by_name["user"].number
+_TOKEN_FIELD = users_pb2.WatchUsersResponse.DESCRIPTOR.fields_by_name["resume_token"].number
+_COMPLETE_FIELD = users_pb2.WatchUsersResponse.DESCRIPTOR.fields_by_name["initial_complete"].number
+# Events per WatchUsersResponse at most (the contract's limit).
+MAX_EVENTS_PER_MESSAGE = 1000
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def user_event(kind: int, sequence: int, commit_micros: int, user: bytes) -> bytes:
+    """A serialized UserEvent around the stored ``user`` bytes (fields may come in any order)."""
+    head = users_pb2.UserEvent(type=kind, sequence=sequence)  # type: ignore[arg-type]
+    head.commit_time.FromMicroseconds(commit_micros)
+    return head.SerializeToString() + _length_delimited(_EVENT_USER_FIELD, user)
+
+
+def watch_cuts(events: Sequence[bytes], token_chars: int, max_bytes: int) -> list[tuple[int, int]]:
+    """How to cut ``events`` into WatchUsersResponses of at most MAX_EVENTS_PER_MESSAGE events
+    and ``max_bytes`` (room kept for a token of ``token_chars`` and initial_complete): the
+    (start, end) index range of each; every range holds at least one event."""
+    budget = max_bytes - _field_size(_TOKEN_FIELD, token_chars) - 2
+    ranges, start, used = [], 0, 0
+    for index, event in enumerate(events):
+        size = _field_size(_EVENTS_FIELD, len(event))
+        if index > start and (used + size > budget or index - start >= MAX_EVENTS_PER_MESSAGE):
+            ranges.append((start, index))
+            start, used = index, 0
+        used += size
+    if events:
+        ranges.append((start, len(events)))
+    return ranges
+
+
+def watch_message(events: Sequence[bytes], resume_token: str, *, initial_complete: bool = False) -> bytes:
+    """A serialized WatchUsersResponse of serialized events."""
+    parts = [_length_delimited(_EVENTS_FIELD, event) for event in events]
+    parts.append(_length_delimited(_TOKEN_FIELD, resume_token.encode()))
+    if initial_complete:
+        parts.append(_varint(_COMPLETE_FIELD << 3) + b"\x01")
+    return b"".join(parts)

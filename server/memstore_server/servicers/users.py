@@ -19,6 +19,7 @@ from memstore_server.coalescing import PointReads
 from memstore_server.errors import FieldViolation, InvalidArgument, user_not_found
 from memstore_server.store.users import FramedUsers, NewUser, UserChanges, UserStore
 from memstore_server.validation import RequestChecker
+from memstore_server.watching import Watch, WatchRequest
 
 _UPDATABLE_USER_FIELDS = ("email", "first_name", "last_name", "metadata")
 
@@ -35,8 +36,9 @@ def _new_user(check: RequestChecker, prefix: str, request: users_pb2.CreateUserR
 
 
 class UserServicer(users_pb2_grpc.UserServiceServicer):
-    def __init__(self, store: UserStore, run: Blocking, *, max_message_bytes: int) -> None:
+    def __init__(self, store: UserStore, run: Blocking, *, max_message_bytes: int, watch: Watch) -> None:
         self._store = store
+        self._watch = watch
         self._run = run
         self._max_message_bytes = max_message_bytes
 
@@ -199,3 +201,10 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         check.raise_if_any()
         page = await self._run(self._store.sessions, user_id, cursor, limit)
         return responses.user_sessions_page(page, self._max_message_bytes)
+
+    async def WatchUsers(  # noqa: N802
+        self, request: users_pb2.WatchUsersRequest, context: Any
+    ) -> AsyncIterator[bytes]:
+        """The change feed; the stream's layout is watching.py's, the shared reading feed.py's."""
+        async for message in self._watch.stream(WatchRequest(request.resume_token, request.send_initial)):
+            yield message

@@ -31,6 +31,8 @@ from memstore_client.models import (
     UpdateSessionRequest,
     UpdateUserRequest,
     User,
+    UserEvent,
+    WatchUsersResponse,
 )
 
 __version__ = "0.1.0"
@@ -58,4 +60,6 @@ __all__ = [
     "UpdateSessionRequest",
     "UpdateUserRequest",
     "User",
+    "UserEvent",
+    "WatchUsersResponse",
 ]

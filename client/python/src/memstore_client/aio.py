@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ from memstore_client._transport import (
     channel_options,
     chunk_size_argument,
 )
+from memstore_client._watching import WatchCursor
 from memstore_client.errors import translate
 from memstore_client.models import (
     CreateSessionRequest,
@@ -28,6 +29,7 @@ from memstore_client.models import (
     UpdateSessionRequest,
     UpdateUserRequest,
     User,
+    WatchUsersResponse,
     create_session_proto,
     create_user_proto,
     session_from_proto,
@@ -124,6 +126,29 @@ class AsyncUserClient:
                 if not received:
                     return  # nothing (more) after the cursor
                 # It ended without its final message (next_cursor 0): ask again from where it stopped.
+            except grpc.aio.AioRpcError as error:
+                failures += 1
+                delay = self._resume.delay(error.code(), failures)
+                if delay is None:
+                    raise translate(error) from None
+                await asyncio.sleep(delay)
+            finally:
+                stream.cancel()
+
+    async def watch(
+        self, resume_token: str = "", send_initial: bool = False
+    ) -> AsyncGenerator[WatchUsersResponse, None]:
+        """As MemstoreClient.user.watch: resumes a broken stream from its last token."""
+        cursor = WatchCursor(resume_token, send_initial)
+        failures = 0
+        while True:
+            stream = self._stub.WatchUsers(cursor.request(), metadata=self._call.metadata)
+            try:
+                async for message in stream:
+                    failures = 0
+                    yield cursor.received(message)
+                failures += 1  # ended without an error: a server going away; go on elsewhere
+                await asyncio.sleep(self._resume.delay(grpc.StatusCode.UNAVAILABLE, 1) or 0)
             except grpc.aio.AioRpcError as error:
                 failures += 1
                 delay = self._resume.delay(error.code(), failures)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ from memstore_client._transport import (
     channel_options,
     chunk_size_argument,
 )
+from memstore_client._watching import WatchCursor
 from memstore_client.errors import translate
 from memstore_client.models import (
     CreateSessionRequest,
@@ -27,6 +28,7 @@ from memstore_client.models import (
     UpdateSessionRequest,
     UpdateUserRequest,
     User,
+    WatchUsersResponse,
     create_session_proto,
     create_user_proto,
     session_from_proto,
@@ -133,6 +135,37 @@ class UserClient:
                 if not received:
                     return  # nothing (more) after the cursor
                 # It ended without its final message (next_cursor 0): ask again from where it stopped.
+            except grpc.RpcError as error:
+                failures += 1
+                delay = self._resume.delay(error.code(), failures)
+                if delay is None:
+                    raise translate(error) from None
+                time.sleep(delay)
+            finally:
+                stream.cancel()
+
+    def watch(
+        self, resume_token: str = "", send_initial: bool = False
+    ) -> Generator[WatchUsersResponse, None, None]:
+        """Every change to users, as WatchUsers messages, for as long as the caller iterates.
+
+        With ``send_initial``, every existing user comes first (EXISTING events), then a
+        message with ``initial_complete``. With ``resume_token`` (from any message), the
+        changes after it. Empty messages (heartbeats) bring fresh tokens while nothing
+        changes. A stream broken by a retryable status is resumed by itself from the last
+        token received (see WatchUsersResponse.snapshot_restarted for a break during the
+        snapshot), so nothing is missed, and an event may come twice. It has no deadline.
+        """
+        cursor = WatchCursor(resume_token, send_initial)
+        failures = 0
+        while True:
+            stream = self._stub.WatchUsers(cursor.request(), metadata=self._call.metadata)
+            try:
+                for message in stream:
+                    failures = 0
+                    yield cursor.received(message)
+                failures += 1  # ended without an error: a server going away; go on elsewhere
+                time.sleep(self._resume.delay(grpc.StatusCode.UNAVAILABLE, 1) or 0)
             except grpc.RpcError as error:
                 failures += 1
                 delay = self._resume.delay(error.code(), failures)

@@ -47,6 +47,35 @@ class Session:
 
 
 @dataclass(frozen=True)
+class UserEvent:
+    """One event of a user watch: ``type`` is EXISTING (in the initial snapshot), CREATED,
+    UPDATED or DELETED; ``user`` is the user after the change (for DELETED, as it was last,
+    with at least ``user_id``, ``uuid`` and ``id``)."""
+
+    type: str
+    user: User
+    sequence: int
+    commit_time: datetime
+
+
+@dataclass(frozen=True)
+class WatchUsersResponse:
+    """One message of a user watch.
+
+    ``resume_token`` marks the point after its events: keep the last one and pass it to
+    ``watch`` to go on from there. ``initial_complete`` is true on the message after the
+    snapshot's last user. ``snapshot_restarted`` is true on the first message of a snapshot
+    taken again after the stream broke during the first one: discard what the broken
+    snapshot gave (users deleted meanwhile would not be listed again).
+    """
+
+    events: list[UserEvent]
+    resume_token: str
+    initial_complete: bool = False
+    snapshot_restarted: bool = False
+
+
+@dataclass(frozen=True)
 class CreateUserRequest:
     user_id: str
     email: str = ""
@@ -187,3 +216,27 @@ def update_session_proto(request: UpdateSessionRequest) -> sessions_pb2.UpdateSe
 
 def _mask(paths: Sequence[str] | None) -> field_mask_pb2.FieldMask | None:
     return None if paths is None else field_mask_pb2.FieldMask(paths=list(paths))
+
+
+def _event_type(value: int) -> str:
+    name: str = users_pb2.UserEvent.Type.Name(value)
+    return name.removeprefix("TYPE_")
+
+
+def watch_response_from_proto(
+    message: users_pb2.WatchUsersResponse, *, snapshot_restarted: bool = False
+) -> WatchUsersResponse:
+    return WatchUsersResponse(
+        events=[
+            UserEvent(
+                type=_event_type(event.type),
+                user=user_from_proto(event.user),
+                sequence=event.sequence,
+                commit_time=_datetime(event.commit_time),
+            )
+            for event in message.events
+        ],
+        resume_token=message.resume_token,
+        initial_complete=message.initial_complete,
+        snapshot_restarted=snapshot_restarted,
+    )
