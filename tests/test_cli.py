@@ -119,6 +119,11 @@ def as_json(user: users_pb2.User) -> dict[str, Any]:
     return value
 
 
+def with_times(user: Mapping[str, Any]) -> dict[str, Any]:
+    """The user with its timestamps as datetimes: RFC 3339 text may give 3 or 6 decimals for one time."""
+    return {**user, "created_at": rfc3339(user["created_at"]), "updated_at": rfc3339(user["updated_at"])}
+
+
 def imported_fields(user: Mapping[str, Any]) -> dict[str, Any]:
     return {name: user.get(name) for name in IMPORTED_FIELDS}
 
@@ -864,7 +869,9 @@ def test_an_export_plus_the_watch_from_its_manifest_rebuilds_what_list_users_sho
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == exits.INTERRUPTED, stderr
-    assert state == {user.user_id: as_json(user) for user in all_users(users)}
+    assert {uid: with_times(user) for uid, user in state.items()} == {
+        user.user_id: with_times(as_json(user)) for user in all_users(users)
+    }
 
 
 @pytest.mark.usefixtures("needs_watch")
@@ -887,6 +894,8 @@ def test_watch_resumes_by_itself_after_the_server_goes_away(
         env=server_environment(),
     )
     try:
+        (first_message,) = watch_lines(process, 1)  # the stream's first message: the watch has begun
+        assert first_message["heartbeat"] is True
         create(users, f"{prefix}-1")
         while not _is(watch_lines(process, 1)[0], f"{prefix}-1"):
             pass
