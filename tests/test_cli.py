@@ -917,6 +917,55 @@ def _is(event: dict[str, Any], user_id: str) -> bool:
     return event.get("type") == "TYPE_CREATED" and event["user"]["user_id"] == user_id
 
 
+@pytest.mark.usefixtures("needs_watch", "empty_store")
+def test_watch_initial_prints_the_snapshot_its_end_then_the_changes(
+    server: ServerAddress, users: users_pb2_grpc.UserServiceStub
+) -> None:
+    made = sample_users(users, 3)
+    process = subprocess.Popen(
+        [str(MEMSTORE), "watch", "--initial", "--address", server.target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server_environment(),
+    )
+    try:
+        snapshot = watch_lines(process, 4)
+        assert [(line.get("type"), line.get("user", {}).get("user_id")) for line in snapshot[:3]] == [
+            ("TYPE_EXISTING", user.user_id) for user in made
+        ]
+        assert all(line["resume_token"] is None for line in snapshot[:3])  # none is safe mid-snapshot
+        assert snapshot[3]["initial_complete"] is True
+        assert snapshot[3]["resume_token"]
+        added = create(users, unique("after-snapshot"))
+        (change,) = watch_lines(process, 1)
+        assert (change["type"], change["user"]["user_id"]) == ("TYPE_CREATED", added.user_id)
+        assert change["resume_token"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == exits.INTERRUPTED, stderr
+
+
+@pytest.mark.usefixtures("needs_watch")
+def test_a_manifest_older_than_the_change_retention_exits_4(
+    server: ServerAddress, users: users_pb2_grpc.UserServiceStub, db: peewee.Database, tmp_path: Path
+) -> None:
+    from memstore_server.store.changes import ChangeStore
+
+    out = tmp_path / "old.jsonl"
+    succeeded(memstore("export", "--out", out, "--address", server.target))
+    create(users, unique("pruned"))
+    # What the server's retention does after --change-retention: here, to every change at once.
+    assert wait_for(lambda: ChangeStore(db).prune(0, batch=1000) > 0, 30)
+
+    result = memstore("watch", "--since-manifest", manifest_of_path(out), "--address", server.target)
+
+    assert result.returncode == exits.TOKEN_EXPIRED, result.stderr
+    assert "RESUME_TOKEN_EXPIRED" in result.stderr
+    assert "export again" in result.stderr
+
+
 @pytest.mark.usefixtures("needs_watch")
 def test_a_bad_resume_token_is_a_usage_error(server: ServerAddress) -> None:
     result = memstore("watch", "--since", "not-a-token", "--address", server.target)
