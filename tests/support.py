@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from memstore_server import lifecycle
 from memstore_server.app import ServerHandle, create_server
 from memstore_server.config import Settings
 from opentelemetry import trace
+from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
 
@@ -426,3 +428,17 @@ def _separators(value: Any) -> Any:
         yield from range(max(len(value) - 1, 0))
         for item in value:
             yield from _separators(item)
+
+
+MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape_metrics(url: str) -> MetricSamples:
+    """Every sample of a Prometheus endpoint, keyed by name and sorted labels."""
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -40,8 +40,19 @@ def user_store(db: peewee.Database) -> UserStore:
 
 
 @pytest.fixture
-def raw(database_url: str) -> Iterator[list[psycopg2.extensions.connection]]:
-    """Raw connections for transactions held open by hand; closed (rolled back) afterwards."""
+def hand_written(db: peewee.Database) -> Iterator[list[str]]:
+    """user_ids whose stored bytes a test wrote by hand: deleted afterwards, so that no other
+    test (a listing, a snapshot) meets bytes that are not what the columns say."""
+    user_ids: list[str] = []
+    yield user_ids
+    with db.connection_context():
+        db.execute_sql("DELETE FROM users WHERE user_id = ANY(%s)", (user_ids,))
+
+
+@pytest.fixture
+def raw(database_url: str, hand_written: list[str]) -> Iterator[list[psycopg2.extensions.connection]]:
+    """Raw connections for transactions held open by hand; closed (rolled back) afterwards,
+    before the hand-written users are deleted."""
     opened: list[psycopg2.extensions.connection] = []
     yield opened
     for conn in opened:
@@ -123,9 +134,13 @@ def test_delete_with_sessions_is_one_deleted_change_and_a_recreated_user_is_crea
 
 
 def test_writes_of_one_user_in_one_transaction_are_one_change_with_the_last_state(
-    changes: ChangeStore, raw: list[psycopg2.extensions.connection], database_url: str
+    changes: ChangeStore,
+    raw: list[psycopg2.extensions.connection],
+    database_url: str,
+    hand_written: list[str],
 ) -> None:
     user_id = unique("u")
+    hand_written.append(user_id)
     start = now(changes)
     conn = connect(raw, database_url)
     with conn, conn.cursor() as cur:
@@ -164,9 +179,14 @@ def marker(user_id: str, name: str) -> bytes:
 
 
 def test_a_transaction_held_open_while_later_ones_commit_is_not_skipped(
-    changes: ChangeStore, user_store: UserStore, raw: list[psycopg2.extensions.connection], database_url: str
+    changes: ChangeStore,
+    user_store: UserStore,
+    raw: list[psycopg2.extensions.connection],
+    database_url: str,
+    hand_written: list[str],
 ) -> None:
     held_user, later_user = unique("held"), unique("later")
+    hand_written.append(held_user)
     user_store.create(held_user, "", "", "", EMPTY)
     start = now(changes)
     held = connect(raw, database_url)
@@ -190,11 +210,16 @@ def test_a_transaction_held_open_while_later_ones_commit_is_not_skipped(
 
 
 def test_a_transaction_with_the_older_xid_that_commits_second_comes_second(
-    changes: ChangeStore, user_store: UserStore, raw: list[psycopg2.extensions.connection], database_url: str
+    changes: ChangeStore,
+    user_store: UserStore,
+    raw: list[psycopg2.extensions.connection],
+    database_url: str,
+    hand_written: list[str],
 ) -> None:
     """T2 takes its xid first, then blocks on the row T1 has locked, and commits after T1:
     that user's changes come T1 then T2, whatever the page size."""
     user_id, other = unique("u"), unique("other")
+    hand_written += [user_id, other]
     user_store.create(user_id, "", "", "", EMPTY)
     user_store.create(other, "", "", "", EMPTY)
     start = now(changes)

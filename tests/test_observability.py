@@ -6,7 +6,6 @@ import io
 import json
 import logging
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,9 +20,18 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import TIMEOUT, RunningServer, ServerAddress, eventually, free_port, unique, wait_for
+from tests.support import (
+    TIMEOUT,
+    MetricSamples,
+    RunningServer,
+    ServerAddress,
+    eventually,
+    free_port,
+    scrape_metrics,
+    unique,
+    wait_for,
+)
 
 USER_SERVICE = "memstore.v1.UserService"
 
@@ -36,24 +44,14 @@ def metrics_url(db: peewee.Database) -> Iterator[str]:
     http.shutdown()
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def sample(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def sample(samples: MetricSamples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def test_metrics_count_calls_by_method_and_code(
     metrics_url: str, users: users_pb2_grpc.UserServiceStub
 ) -> None:
-    before = scrape(metrics_url)
+    before = scrape_metrics(metrics_url)
     user_id = unique("metric")
     users.CreateUser(users_pb2.CreateUserRequest(user_id=user_id), timeout=TIMEOUT)
     for _ in range(3):
@@ -65,7 +63,7 @@ def test_metrics_count_calls_by_method_and_code(
         users.ListUsersChunked(users_pb2.ListUsersChunkedRequest(cursor=0, chunk_size=1000), timeout=TIMEOUT)
     )
     streamed = sum(len(chunk.users) for chunk in chunks)
-    after = scrape(metrics_url)
+    after = scrape_metrics(metrics_url)
 
     def delta(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,19 @@ from memstore_server.config import ConfigError, Settings
 from memstore_server.database import open_database
 from memstore_server.migrations import migrate
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.postgres_cluster import Node, caught_up, scratch, statement_calls, streaming_pair, wait_for
 from tests.reliability import record
-from tests.support import TIMEOUT, RunningServer, free_port, running, unique, wait_until_serving
+from tests.support import (
+    TIMEOUT,
+    RunningServer,
+    free_port,
+    running,
+    scrape_metrics,
+    struct,
+    unique,
+    wait_until_serving,
+)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 REPLICA_LOGGER = "memstore_server.replica"
@@ -177,6 +184,44 @@ def test_bulk_reads_run_on_the_replica_point_reads_and_writes_on_the_primary(
             assert statement_calls(replica, point) == 0, f"{point!r} ran on the replica"
         # The read pool is a pool of its own, labelled so in the metrics.
         assert REGISTRY.get_sample_value("memstore_db_pool_max_connections", {"pool": "replica"}) == 16
+
+
+def test_filtered_listings_and_counts_run_on_the_replica(
+    pair: tuple[Node, Node], primary_db: peewee.Database
+) -> None:
+    primary, replica = pair
+    with replicated(replica, primary_db) as served:
+        assert wait_for(replica_available, 10, "the replica available")
+        tag = unique("counted")
+        served.users.CreateUser(
+            users_pb2.CreateUserRequest(user_id=tag, metadata=struct({"tag": tag})), timeout=TIMEOUT
+        )
+        served.sessions.CreateSession(
+            sessions_pb2.CreateSessionRequest(session_id=tag, metadata=struct({"tag": tag})), timeout=TIMEOUT
+        )
+        caught_up(primary, replica)
+        reset_counts(primary, replica)
+
+        text = f'metadata.tag = "{tag}"'
+        assert served.users.CountUsers(users_pb2.CountUsersRequest(filter=text), timeout=TIMEOUT).count == 1
+        assert (
+            served.sessions.CountSessions(
+                sessions_pb2.CountSessionsRequest(filter=text), timeout=TIMEOUT
+            ).count
+            == 1
+        )
+        page = served.users.ListUsers(users_pb2.ListUsersRequest(filter=text), timeout=TIMEOUT)
+        assert [user.user_id for user in page.users] == [tag]
+        chunks = served.users.ListUsersChunked(
+            users_pb2.ListUsersChunkedRequest(filter=text), timeout=TIMEOUT
+        )
+        assert [user.user_id for chunk in chunks for user in chunk.users] == [tag]
+        listed = served.sessions.ListSessions(sessions_pb2.ListSessionsRequest(filter=text), timeout=TIMEOUT)
+        assert [session.session_id for session in listed.sessions] == [tag]
+
+        for bulk in ("count(*) FROM users", "count(*) FROM sessions", LIST_USERS, STREAM_PAGE, LIST_SESSIONS):
+            assert statement_calls(replica, bulk) >= 1, f"{bulk!r} did not run on the replica"
+            assert statement_calls(primary, bulk) == 0, f"{bulk!r} ran on the primary"
 
 
 def test_a_stream_from_the_replica_is_complete_and_free_of_duplicates_under_writes(
@@ -402,16 +447,6 @@ def test_the_read_pool_is_as_large_as_the_primary_pool_unless_told() -> None:
     assert Settings(db_pool_size=7, read_db_pool_size=3).read_pool_size == 3
 
 
-def _metrics(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 @pytest.mark.process
 def test_worker_processes_each_read_the_replica_and_the_supervisor_sums_their_metrics(
     pair: tuple[Node, Node], primary_db: peewee.Database, tmp_path: Path
@@ -428,7 +463,7 @@ def test_worker_processes_each_read_the_replica_and_the_supervisor_sums_their_me
         wait_until_serving(process, target)
         url = f"http://{metrics_listen}/metrics"
         wait_for(
-            lambda: _metrics(url).get(("memstore_db_replica_available", ())) == 1,
+            lambda: scrape_metrics(url).get(("memstore_db_replica_available", ())) == 1,
             10,
             "both workers on the replica",
         )
@@ -438,7 +473,7 @@ def test_worker_processes_each_read_the_replica_and_the_supervisor_sums_their_me
                 users_pb2_grpc.UserServiceStub(channel).ListUsers(
                     users_pb2.ListUsersRequest(limit=3), timeout=TIMEOUT
                 )
-        samples = _metrics(url)
+        samples = scrape_metrics(url)
         process.terminate()
         assert process.wait_for_exit(15) == 0, process.log()
     assert statement_calls(replica, LIST_USERS) == 20

@@ -32,6 +32,7 @@ from tests.support import (
     details_of,
     free_port,
     running,
+    scrape_metrics,
     unique,
     wait_for,
     wait_until_serving,
@@ -97,20 +98,40 @@ def idle_connections(port: int, count: int) -> Iterator[None]:
             sock.close()
 
 
+def _open_streams(metrics_port: int) -> float:
+    """The server's own count of open response streams, read off its Prometheus endpoint."""
+    return scrape_metrics(f"http://127.0.0.1:{metrics_port}/metrics")[("memstore_open_streams", ())]
+
+
+@pytest.mark.process
 def test_watches_stalled_streams_and_idle_connections_leave_every_call_answered(
-    start_server: Callable[[Settings], RunningServer], stored_users: list[int]
+    database_url: str, stored_users: list[int], tmp_path: Path
 ) -> None:
-    server = start_server(Settings(listen="127.0.0.1:0", api_keys=(API_KEY,)))
-    target = server.target
-    with grpc.insecure_channel(target) as channel:
+    # The server runs as its own process, as in production: a server sharing the test's
+    # interpreter would share its GIL with the test's own clients, and measure them too.
+    port, metrics_port = free_port(), free_port()
+    target = f"127.0.0.1:{port}"
+    args = [
+        "serve",
+        "--database-url",
+        as_url(database_url),
+        "--listen",
+        target,
+        "--api-keys",
+        API_KEY,
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+    ]
+    with running(args, tmp_path / "logs") as process, grpc.insecure_channel(target) as channel:
+        wait_until_serving(process, target)
         users = users_pb2_grpc.UserServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         user_id = unique("starved")
         users.CreateUser(users_pb2.CreateUserRequest(user_id=user_id), timeout=TIMEOUT, metadata=CREDENTIALS)
 
-        with health_watches(target, 64), stalled_streams(target, 64), idle_connections(server.port, 200):
+        with health_watches(target, 64), stalled_streams(target, 64), idle_connections(port, 200):
             # Every one of the 128 streams is open on the server and stuck, not finished.
-            assert wait_for(lambda: server.handle.streams.open >= 128, 30), server.handle.streams.open
+            assert wait_for(lambda: _open_streams(metrics_port) >= 128, 30), _open_streams(metrics_port)
 
             def timed_get(_: int) -> float:
                 started = time.perf_counter()
@@ -124,7 +145,8 @@ def test_watches_stalled_streams_and_idle_connections_leave_every_call_answered(
 
             checked = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
             assert checked.status == health_pb2.HealthCheckResponse.SERVING
-            assert server.handle.streams.open >= 128  # nothing was shed to answer
+            assert _open_streams(metrics_port) >= 128  # nothing was shed to answer
+        assert process.popen.poll() is None
 
 
 def test_a_stream_whose_reader_reads_nothing_is_cancelled_logged_and_frees_its_place(

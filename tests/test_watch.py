@@ -7,7 +7,9 @@ into a queue (Watcher) so a test waits for conditions, never for time.
 from __future__ import annotations
 
 import base64
+import logging
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
 from memstore_server import resume_tokens
 from memstore_server.config import Settings
+from memstore_server.database import open_database
 from memstore_server.store.changes import ChangeStore, Position, Snapshot
 
 from tests.support import RunningServer, bulk_users, details_of, unique, wait_for
@@ -456,6 +459,46 @@ def test_a_watcher_cancelled_mid_stream_frees_its_place(db: peewee.Database) -> 
         server.stop()
 
 
+def test_a_watcher_that_reads_nothing_is_cancelled_and_frees_its_place(
+    db: peewee.Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="memstore_server.streams")
+    server = RunningServer(
+        Settings(
+            listen="127.0.0.1:0",
+            watch_heartbeat=HEARTBEAT,
+            stream_stall_timeout=1.0,
+            max_concurrent_streams=1,
+            db_pool_size=4,
+        ),
+        db,
+    )
+    # No BDP probing: the window stays at its initial 64 KiB, which the changes below overfill.
+    channel = grpc.insecure_channel(server.target, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        stalled = users_pb2_grpc.UserServiceStub(channel).WatchUsers(
+            users_pb2.WatchUsersRequest(), timeout=120
+        )  # never read
+        assert wait_for(lambda: server.handle.streams.open == 1, WAIT)
+        bulk_users(db, 200, pad=4000)  # about 800 KiB of events
+
+        def warned() -> bool:
+            return any(
+                "WatchUsers" in r.getMessage() and "read nothing" in r.getMessage() for r in caplog.records
+            )
+
+        assert wait_for(warned, WAIT), [r.getMessage() for r in caplog.records]
+        assert wait_for(lambda: server.handle.streams.open == 0, WAIT)
+        stalled.cancel()
+        with grpc.insecure_channel(server.target) as reading:
+            watcher = Watcher(users_pb2_grpc.UserServiceStub(reading))
+            assert watcher.next().resume_token  # the freed place serves a reader
+            watcher.close()
+    finally:
+        channel.close()
+        server.stop()
+
+
 def test_a_hundred_idle_watchers_leave_get_user_answering(
     stub: users_pb2_grpc.UserServiceStub, watch_server: RunningServer, watch: Callable[..., Watcher]
 ) -> None:
@@ -490,5 +533,24 @@ def test_watching_needs_credentials_when_auth_is_on(db: peewee.Database) -> None
             )
             assert next(iter(call)).resume_token
             call.cancel()
+    finally:
+        server.stop()
+
+
+def test_watching_without_a_database_is_unavailable() -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    db = open_database(f"postgresql://memstore@127.0.0.1:{closed_port}/memstore", pool_size=2, pool_timeout=1)
+    server = RunningServer(Settings(listen="127.0.0.1:0", db_pool_size=2), db, database_health=False)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = users_pb2_grpc.UserServiceStub(channel)
+            for request in (users_pb2.WatchUsersRequest(), users_pb2.WatchUsersRequest(send_initial=True)):
+                with pytest.raises(grpc.RpcError) as raised:
+                    next(iter(stub.WatchUsers(request, timeout=WAIT)))
+                details = details_of(raised.value)
+                assert details.code == grpc.StatusCode.UNAVAILABLE
+                assert details.reason == "DATABASE_UNAVAILABLE"
     finally:
         server.stop()

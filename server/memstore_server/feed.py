@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 
 from memstore_server.blocking import Blocking
-from memstore_server.errors import ServiceError
+from memstore_server.errors import ServiceError, Unavailable
 from memstore_server.store.changes import ChangeBatch, ChangeStore, FeedState, Position
 from memstore_server.wakeups import ChangeListener
 
@@ -31,14 +31,22 @@ logger = logging.getLogger(__name__)
 
 # Changes per read: about one message's worth.
 READ_LIMIT = 1000
-# Batches kept for watchers a little behind the head.
+# Batches kept for watchers a little behind the head: at most this many, holding at most
+# this many bytes of users (a watcher further behind reads for itself).
 KEPT_BATCHES = 256
+KEPT_BYTES = 64 * 1024 * 1024
 # The feed reads at least this often, as a fraction of the heartbeat: a watcher sends an
 # empty message when HEARTBEAT_SHARE of it has passed, so one comes within the heartbeat.
 TICK_SHARE = 0.4
 HEARTBEAT_SHARE = 0.5
 PRUNE_BATCH = 5000
+# How long a new watcher without a token waits for the feed's first read.
+FRESH_HEAD_SECONDS = 10.0
 _RETRY_SECONDS = 1.0
+
+
+def _size(batch: ChangeBatch) -> int:
+    return sum(len(change.user) for change in batch.changes)
 
 
 class ChangeFeed:
@@ -55,6 +63,7 @@ class ChangeFeed:
         self._feed_id_read: asyncio.Future[FeedState] | None = None
         self._head: Position | None = None
         self._kept: deque[ChangeBatch] = deque()
+        self._kept_bytes = 0
         self._by_start: dict[Position, ChangeBatch] = {}
         self._watchers = 0
         self._started_reads = 0
@@ -120,12 +129,21 @@ class ChangeFeed:
             self._watchers -= 1
 
     async def fresh_head(self) -> Position:
-        """The head after a read that started after this call: a position taken now, shared."""
+        """The head after a read that started after this call: a position taken now, shared.
+        UNAVAILABLE when the feed cannot read for FRESH_HEAD_SECONDS (the database is down)."""
         wake, _, _ = self._events()
         wanted = self._started_reads + 1
+        deadline = asyncio.get_running_loop().time() + FRESH_HEAD_SECONDS
         while self._finished_reads < wanted or self._head is None:
             wake.set()
-            await self.published()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self.published(), max(remaining, 0))
+            except asyncio.TimeoutError:
+                raise Unavailable(
+                    "the change feed cannot read the database now; retry with backoff",
+                    reason="DATABASE_UNAVAILABLE",
+                ) from None
         return self._head
 
     async def published(self) -> None:
@@ -195,9 +213,11 @@ class ChangeFeed:
         if batch.end == batch.start:  # nothing committed since: the head stays
             return
         self._kept.append(batch)
+        self._kept_bytes += _size(batch)
         self._by_start[batch.start] = batch
-        while len(self._kept) > KEPT_BATCHES:
+        while len(self._kept) > KEPT_BATCHES or (self._kept_bytes > KEPT_BYTES and len(self._kept) > 1):
             dropped = self._kept.popleft()
+            self._kept_bytes -= _size(dropped)
             if self._by_start.get(dropped.start) is dropped:
                 del self._by_start[dropped.start]
         self._head = batch.end
@@ -206,6 +226,7 @@ class ChangeFeed:
         """Without watchers the head would only grow old: start afresh when one comes."""
         self._head = None
         self._kept.clear()
+        self._kept_bytes = 0
         self._by_start.clear()
 
     def _publish(self) -> None:

@@ -54,6 +54,18 @@ class Session(BaseModel):
         indexes = ((("user", "id"), False),)
 
 
+# Behind the filters (migrations/m0007_filter_indexes.py): email as filtering compares it, time
+# ranges, and metadata equality written as containment (GIN, jsonb_path_ops).
+for _model in (User, Session):
+    _table = _model._meta.table_name
+    _model.add_index(_model.index(_model.created_at, name=f"{_table}_created_at_idx"))
+    _model.add_index(_model.index(_model.updated_at, name=f"{_table}_updated_at_idx"))
+    _model.add_index(
+        _model.index(peewee.SQL("metadata jsonb_path_ops"), using="gin", name=f"{_table}_metadata_idx")
+    )
+User.add_index(User.index(peewee.SQL('(lower(email) COLLATE "C")'), name="users_email_lower_idx"))
+
+
 class Xid8Field(peewee.Field):
     """A 64-bit transaction id (PostgreSQL's xid8), read and written as its text."""
 

@@ -18,6 +18,7 @@ import email_validator
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from memstore_server.errors import FieldViolation, InvalidArgument
+from memstore_server.filtering import Condition, FilterError, Resource, compile_filter
 
 MAX_ID_LENGTH = 255
 MAX_NAME_LENGTH = 255
@@ -89,13 +90,24 @@ class RequestChecker:
 
     def __init__(self) -> None:
         self.violations: list[FieldViolation] = []
+        # A bad filter gets a reason of its own, so callers can tell it from other bad input.
+        self.reason = "INVALID_ARGUMENT"
 
     def fail(self, field: str, description: str) -> None:
         self.violations.append(FieldViolation(field, description))
 
     def raise_if_any(self) -> None:
         if self.violations:
-            raise InvalidArgument(self.violations)
+            raise InvalidArgument(self.violations, reason=self.reason)
+
+    def filter(self, field: str, text: str, resource: Resource) -> Condition | None:
+        """The SQL condition of a filter on ``resource``; None when it is empty (or bad)."""
+        try:
+            return compile_filter(text, resource)
+        except FilterError as error:
+            self.fail(field, str(error))
+            self.reason = "INVALID_FILTER"
+            return None
 
     def identifier(self, field: str, value: str, *, required: bool = True) -> str:
         """A caller-chosen id: 1-255 characters, no control characters."""

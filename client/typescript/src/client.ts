@@ -16,13 +16,17 @@ import { UserService } from "./gen/memstore/v1/users_pb.js";
 import {
   type CallOptions,
   type CreateSessionRequest,
+  type BatchAddOptions,
   type CreateUserRequest,
+  type FilterOptions,
   type ListSessionsOptions,
   type Session,
   type StreamOptions,
   type UpdateSessionRequest,
   type UpdateUserRequest,
   type User,
+  type WatchOptions,
+  type WatchUsersResponse,
   createSessionMessage,
   createUserMessage,
   sessionFromMessage,
@@ -30,6 +34,7 @@ import {
   updateSessionMessage,
   updateUserMessage,
   userFromMessage,
+  watchResponseFromMessage,
 } from "./models.js";
 import {
   type BackoffPolicy,
@@ -130,14 +135,31 @@ export class UserClient {
   }
 
   /**
-   * One page of users in `id` order after `cursor` (0: from the start). `limit` 0 means
-   * the server's default (100), at most 1000. For the next page pass the last user's `id`.
+   * One page of users in `id` order after `cursor` (0: from the start), only those matching
+   * `options.filter` when given. `limit` 0 means the server's default (100), at most 1000.
+   * For the next page pass the last user's `id` (and the same filter).
    */
-  async list(limit = 0, cursor: number | bigint = 0, options?: CallOptions): Promise<User[]> {
-    const response = await this.#caller.call(
-      (o) => this.#stub.listUsers({ limit, cursor: toCursor(cursor) }, o),
-      options,
-    );
+  async list(limit = 0, cursor: number | bigint = 0, options?: FilterOptions): Promise<User[]> {
+    const request = { limit, cursor: toCursor(cursor), filter: options?.filter ?? "" };
+    const response = await this.#caller.call((o) => this.#stub.listUsers(request, o), options);
+    return response.users.map(userFromMessage);
+  }
+
+  /** How many users match `options.filter` (every user without one). */
+  async count(options?: FilterOptions): Promise<number> {
+    const request = { filter: options?.filter ?? "" };
+    const response = await this.#caller.call((o) => this.#stub.countUsers(request, o), options);
+    return Number(response.count);
+  }
+
+  /**
+   * Creates 1 to 1,000 users in one transaction, all or none, and returns them in request
+   * order. A `user_id` that exists (or comes twice) is AlreadyExistsError and nothing is
+   * created, unless `options.skip_existing`: existing users are then left alone and left out.
+   */
+  async batchAdd(requests: readonly CreateUserRequest[], options?: BatchAddOptions): Promise<User[]> {
+    const request = { requests: requests.map(createUserMessage), skipExisting: options?.skip_existing ?? false };
+    const response = await this.#caller.call((o) => this.#stub.batchCreateUsers(request, o), options);
     return response.users.map(userFromMessage);
   }
 
@@ -177,7 +199,8 @@ export class UserClient {
       const attempt = new AbortController();
       const signal = options.signal === undefined ? attempt.signal : AbortSignal.any([options.signal, attempt.signal]);
       try {
-        for await (const message of this.#stub.listUsersChunked({ chunkSize, cursor: next }, { signal })) {
+        const request = { chunkSize, cursor: next, filter: options.filter ?? "" };
+        for await (const message of this.#stub.listUsersChunked(request, { signal })) {
           failures = 0;
           next = message.nextCursor;
           yield message.users.map(userFromMessage);
@@ -192,6 +215,64 @@ export class UserClient {
         }
         const delayMs = backoffDelay(policy, failures);
         policy.onResume?.({ cursor: Number(next), attempt: failures, delayMs, error });
+        try {
+          await sleep(delayMs, options.signal);
+        } catch {
+          throw error;
+        }
+      } finally {
+        attempt.abort();
+      }
+    }
+  }
+
+  /**
+   * The change feed (WatchUsers): with `send_initial`, every existing user as an EXISTING
+   * event, then a message with `initial_complete`, then every committed change; with
+   * `resume_token`, every change after the point it marks; with neither, the changes from
+   * now on. A message comes at once and then at least every heartbeat while nothing
+   * changes, each with a fresh `resume_token` to checkpoint.
+   *
+   * A stream broken by a retryable status is reopened from the last token received
+   * (delivery is at least once: an event may come again, never is one missed). Broken
+   * during the initial snapshot, it takes the snapshot again from the start and flags that
+   * message `snapshot_restarted`: a token from inside a snapshot would skip the users not
+   * listed yet. The stream never ends by itself; stop iterating or abort `options.signal`.
+   */
+  async *watch(options: WatchOptions = {}): AsyncGenerator<WatchUsersResponse, void, undefined> {
+    const policy = this.#resume;
+    const retryable = new Set<number>(policy.retryable.map((name) => StatusCode[name]));
+    let token = options.resume_token ?? "";
+    let inSnapshot = (options.send_initial ?? false) && token === "";
+    let snapshotStarted = false;
+    let failures = 0;
+    for (;;) {
+      const attempt = new AbortController();
+      const signal = options.signal === undefined ? attempt.signal : AbortSignal.any([options.signal, attempt.signal]);
+      let restarted = inSnapshot && snapshotStarted;
+      const request = inSnapshot ? { sendInitial: true } : { resumeToken: token };
+      try {
+        for await (const message of this.#stub.watchUsers(request, { signal })) {
+          failures = 0;
+          if (inSnapshot) {
+            snapshotStarted = true;
+            if (message.initialComplete) inSnapshot = false;
+          }
+          if (message.resumeToken !== "") token = message.resumeToken;
+          const response = watchResponseFromMessage(message, restarted);
+          restarted = false;
+          yield response;
+        }
+        // The server ended the stream (it is shutting down, say): go on from the last token.
+        throw new ConnectError("the server ended the watch", Code.Unavailable);
+      } catch (reason) {
+        const error = toCallError(reason, options.signal);
+        failures += 1;
+        if (options.signal?.aborted || !retryable.has(error.code) || failures >= policy.maxAttempts) {
+          throw error;
+        }
+        const delayMs = backoffDelay(policy, failures);
+        policy.onResume?.({ cursor: 0, resume_token: token, attempt: failures, delayMs, error });
         try {
           await sleep(delayMs, options.signal);
         } catch {
@@ -238,11 +319,26 @@ export class SessionClient {
     await this.#caller.call((o) => this.#stub.deleteSession({ sessionId: session_id }, o), options);
   }
 
-  /** One page of sessions in `id` order after `cursor`, optionally only those of `options.user_id`. */
+  /**
+   * One page of sessions in `id` order after `cursor`, optionally only those of `options.user_id`
+   * and only those matching `options.filter`.
+   */
   async list(limit = 0, cursor: number | bigint = 0, options?: ListSessionsOptions): Promise<Session[]> {
-    const request = { limit, cursor: toCursor(cursor), userId: options?.user_id ?? "" };
+    const request = {
+      limit,
+      cursor: toCursor(cursor),
+      userId: options?.user_id ?? "",
+      filter: options?.filter ?? "",
+    };
     const response = await this.#caller.call((o) => this.#stub.listSessions(request, o), options);
     return response.sessions.map(sessionFromMessage);
+  }
+
+  /** How many sessions match `options.filter` (every session without one). */
+  async count(options?: FilterOptions): Promise<number> {
+    const request = { filter: options?.filter ?? "" };
+    const response = await this.#caller.call((o) => this.#stub.countSessions(request, o), options);
+    return Number(response.count);
   }
 }
 

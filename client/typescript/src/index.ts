@@ -28,6 +28,7 @@ export {
   type StatusName,
 } from "./errors.js";
 export type {
+  BatchAddOptions,
   CallOptions,
   CreateSessionRequest,
   CreateUserRequest,
@@ -36,6 +37,7 @@ export type {
   IUpdateSessionRequest,
   IUpdateUserRequest,
   JsonObject,
+  FilterOptions,
   JsonValue,
   ListSessionsOptions,
   Session,
@@ -44,7 +46,11 @@ export type {
   UpdateSessionRequest,
   UpdateUserRequest,
   User,
+  UserEvent,
+  UserEventType,
   UserUpdateField,
+  WatchOptions,
+  WatchUsersResponse,
 } from "./models.js";
 export {
   DEFAULT_RESUME,

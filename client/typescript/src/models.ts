@@ -8,16 +8,21 @@
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+
+import { toMemstoreError } from "./errors.js";
 
 import type { Session as SessionMessage } from "./gen/memstore/v1/sessions_pb.js";
 import type {
   CreateSessionRequestSchema,
   UpdateSessionRequestSchema,
 } from "./gen/memstore/v1/sessions_pb.js";
-import type {
-  CreateUserRequestSchema,
-  UpdateUserRequestSchema,
-  User as UserMessage,
+import {
+  type CreateUserRequestSchema,
+  type UpdateUserRequestSchema,
+  type User as UserMessage,
+  UserEvent_Type,
+  type WatchUsersResponse as WatchUsersResponseMessage,
 } from "./gen/memstore/v1/users_pb.js";
 
 /** Any JSON value. */
@@ -129,12 +134,71 @@ export interface CallOptions {
 export interface StreamOptions {
   /** Aborts the stream (the iteration then fails with CancelledError). */
   signal?: AbortSignal | undefined;
+  /** Only the users matching this filter (the server README's "Filtering"); empty: every user. */
+  filter?: string | undefined;
+}
+
+/** Options of `client.user.list` and of the counts. */
+export interface FilterOptions extends CallOptions {
+  /**
+   * Only the items matching this filter (the server README's "Filtering"), e.g.
+   * `metadata.plan = "pro"`; empty: every item. A bad one is InvalidArgumentError
+   * with reason INVALID_FILTER and the character where it goes wrong.
+   */
+  filter?: string | undefined;
+}
+
+/** What an event of `client.user.watch` says happened to its user. */
+export type UserEventType = "EXISTING" | "CREATED" | "UPDATED" | "DELETED";
+
+/** One event of a user watch. */
+export interface UserEvent {
+  /** EXISTING: listed by the initial snapshot; CREATED, UPDATED, DELETED: a committed change. */
+  type: UserEventType;
+  /** The user after the change; for DELETED, as it was last (at least `user_id`, `uuid` and `id`). */
+  user: User;
+  /** Never decreases for one `user_id`. */
+  sequence: number;
+  /** When the change was made, as close to its commit as the server can tell. */
+  commit_time: Date;
+}
+
+/** One message of a user watch. */
+export interface WatchUsersResponse {
+  /** Events in the order to apply them; none for the first message and for heartbeats. */
+  events: UserEvent[];
+  /** The point after these events: keep the last one and pass it to `watch` to go on from there. */
+  resume_token: string;
+  /** True on the message after the initial snapshot's last user. */
+  initial_complete: boolean;
+  /**
+   * True on the first message of a snapshot taken again because the stream broke during the
+   * first one: drop what the broken snapshot gave (users deleted meanwhile are not listed again).
+   */
+  snapshot_restarted: boolean;
+}
+
+/** Options of `client.user.watch`. */
+export interface WatchOptions extends StreamOptions {
+  /** Every change committed after the point this token marks (from any earlier message). */
+  resume_token?: string | undefined;
+  /** Without a token: first every existing user as an EXISTING event, then the changes. */
+  send_initial?: boolean | undefined;
 }
 
 /** Options of `client.session.list`. */
-export interface ListSessionsOptions extends CallOptions {
+export interface ListSessionsOptions extends FilterOptions {
   /** Only the sessions of this user (NotFoundError when there is no such user). */
   user_id?: string | undefined;
+}
+
+/** Options of `client.user.batchAdd`. */
+export interface BatchAddOptions extends CallOptions {
+  /**
+   * Leave users whose `user_id` already exists as they are, and out of the result, instead of
+   * failing the whole batch with AlreadyExistsError: an interrupted import can be run again.
+   */
+  skip_existing?: boolean | undefined;
 }
 
 // ---- conversions between these types and the generated messages (internal) ----
@@ -246,5 +310,39 @@ export function updateSessionMessage(
     sessionId: request.session_id,
     metadata: toStruct(request.metadata),
     updateMask: toMask(request.update_mask),
+  };
+}
+
+const EVENT_TYPES: Record<number, UserEventType> = {
+  [UserEvent_Type.EXISTING]: "EXISTING",
+  [UserEvent_Type.CREATED]: "CREATED",
+  [UserEvent_Type.UPDATED]: "UPDATED",
+  [UserEvent_Type.DELETED]: "DELETED",
+};
+
+/** A response this client cannot read: an INTERNAL MemstoreError, as a missing field is elsewhere. */
+function malformed(what: string): Error {
+  return toMemstoreError(new ConnectError(`the server's response holds ${what}`, Code.Internal));
+}
+
+export function watchResponseFromMessage(
+  message: WatchUsersResponseMessage,
+  snapshotRestarted: boolean,
+): WatchUsersResponse {
+  return {
+    events: message.events.map((event) => {
+      const type = EVENT_TYPES[event.type];
+      if (type === undefined) throw malformed(`a user event of unknown type ${event.type}`);
+      if (event.user === undefined) throw malformed("a user event without its user");
+      return {
+        type,
+        user: userFromMessage(event.user),
+        sequence: toNumber(event.sequence),
+        commit_time: toDate(event.commitTime),
+      };
+    }),
+    resume_token: message.resumeToken,
+    initial_complete: message.initialComplete,
+    snapshot_restarted: snapshotRestarted,
   };
 }

@@ -23,8 +23,10 @@ export interface BackoffPolicy {
 
 /** What `onResume` is told before a broken `listChunked` stream is opened again. */
 export interface ResumeEvent {
-  /** The cursor the new stream starts after: the last `next_cursor` received (0 if none). */
+  /** The cursor the new stream starts after: the last `next_cursor` received (0 if none, and for a watch). */
   cursor: number;
+  /** For a watch: the token the new stream starts after ("" when it takes its snapshot again). */
+  resume_token?: string | undefined;
   /** Failures in a row so far, this one included (reset whenever a chunk arrives). */
   attempt: number;
   /** Milliseconds the client waits before reopening. */

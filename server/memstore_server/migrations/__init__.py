@@ -37,6 +37,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0002_user_message,
         m0003_one_creation_time,
         m0006_message_length_varint,
+        m0007_filter_indexes,
         m0008_user_changes,
     )
 
@@ -45,6 +46,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0002_user_message.MIGRATION,
         m0003_one_creation_time.MIGRATION,
         m0006_message_length_varint.MIGRATION,
+        m0007_filter_indexes.MIGRATION,
         m0008_user_changes.MIGRATION,
     )
     versions = [migration.version for migration in found]

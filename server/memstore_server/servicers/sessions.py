@@ -9,6 +9,7 @@ from memstore.v1 import sessions_pb2, sessions_pb2_grpc
 
 from memstore_server import responses
 from memstore_server.blocking import Blocking
+from memstore_server.filtering import SESSIONS
 from memstore_server.store.sessions import SessionStore
 from memstore_server.validation import RequestChecker
 
@@ -73,6 +74,15 @@ class SessionServicer(sessions_pb2_grpc.SessionServiceServicer):
         limit = check.page_size("limit", request.limit)
         cursor = check.cursor("cursor", request.cursor)
         user_id = check.identifier("user_id", request.user_id, required=False)
+        where = check.filter("filter", request.filter, SESSIONS)
         check.raise_if_any()
-        page = await self._run(self._store.page, cursor, limit, user_id)
+        page = await self._run(self._store.page, cursor, limit, user_id, where)
         return responses.sessions_page(page, self._max_message_bytes)
+
+    async def CountSessions(  # noqa: N802
+        self, request: sessions_pb2.CountSessionsRequest, context: Any
+    ) -> sessions_pb2.CountSessionsResponse:
+        check = RequestChecker()
+        where = check.filter("filter", request.filter, SESSIONS)
+        check.raise_if_any()
+        return sessions_pb2.CountSessionsResponse(count=await self._run(self._store.count, where))

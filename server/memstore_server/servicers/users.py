@@ -17,6 +17,7 @@ from memstore_server import metrics, responses
 from memstore_server.blocking import Blocking
 from memstore_server.coalescing import PointReads
 from memstore_server.errors import FieldViolation, InvalidArgument, user_not_found
+from memstore_server.filtering import USERS, Condition
 from memstore_server.store.users import FramedUsers, NewUser, UserChanges, UserStore
 from memstore_server.validation import RequestChecker
 from memstore_server.watching import Watch, WatchRequest
@@ -135,9 +136,18 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         check = RequestChecker()
         limit = check.page_size("limit", request.limit)
         cursor = check.cursor("cursor", request.cursor)
+        where = check.filter("filter", request.filter, USERS)
         check.raise_if_any()
-        page = await self._run(self._store.page, cursor, limit)
+        page = await self._run(self._store.page, cursor, limit, where)
         return responses.users_page(page, self._max_message_bytes)
+
+    async def CountUsers(  # noqa: N802
+        self, request: users_pb2.CountUsersRequest, context: Any
+    ) -> users_pb2.CountUsersResponse:
+        check = RequestChecker()
+        where = check.filter("filter", request.filter, USERS)
+        check.raise_if_any()
+        return users_pb2.CountUsersResponse(count=await self._run(self._store.count, where))
 
     async def ListUsersChunked(  # noqa: N802
         self, request: users_pb2.ListUsersChunkedRequest, context: Any
@@ -154,18 +164,21 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         check = RequestChecker()
         chunk_size = check.page_size("chunk_size", request.chunk_size)
         cursor = check.cursor("cursor", request.cursor)
+        where = check.filter("filter", request.filter, USERS)
         check.raise_if_any()
+        tag = responses.CHUNK_USERS_TAG
+
+        def read_page(after: int) -> FramedUsers:
+            return self._store.framed_page(after, chunk_size, tag, where)
 
         def fetch(after: int) -> asyncio.Future[FramedUsers]:
-            return asyncio.ensure_future(
-                self._run(self._store.framed_page, after, chunk_size, responses.CHUNK_USERS_TAG)
-            )
+            return asyncio.ensure_future(self._run(read_page, after))
 
-        page = await self._run(self._store.framed_page, cursor, chunk_size, responses.CHUNK_USERS_TAG)
+        page = await self._run(read_page, cursor)
         following = fetch(page.last_id) if page.count else None
         try:
             while following is not None:
-                pieces = await self._fitting(page)
+                pieces = await self._fitting(page, where)
                 next_page = await following
                 following = fetch(next_page.last_id) if next_page.count else None
                 for frames, count, last_id in pieces[:-1]:
@@ -180,13 +193,13 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             if following is not None:
                 following.cancel()
 
-    async def _fitting(self, page: FramedUsers) -> list[tuple[bytes, int, int]]:
+    async def _fitting(self, page: FramedUsers, where: Condition | None) -> list[tuple[bytes, int, int]]:
         """``page`` as pieces that each fit one message: itself, or (when its users are too
         large together, which few are, or one lacks stored bytes) the same ids read again
         user by user and cut."""
         if responses.fits(page, self._max_message_bytes):
             return [(page.frames, page.count, page.last_id)]
-        users = await self._run(self._store.users_through, page.after, page.last_id)
+        users = await self._run(self._store.users_through, page.after, page.last_id, where)
         if not users.ids:  # every one of them deleted in between
             return [(b"", 0, page.last_id)]
         return responses.chunks_of(users, self._max_message_bytes)

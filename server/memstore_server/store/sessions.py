@@ -14,6 +14,7 @@ from memstore.v1 import sessions_pb2
 
 from memstore_server.database import connection
 from memstore_server.errors import AlreadyExists, session_not_found, user_not_found
+from memstore_server.filtering import Condition
 from memstore_server.models import Session, User
 from memstore_server.replica import Reads
 from memstore_server.store import user_messages
@@ -27,6 +28,12 @@ _LIST_SESSIONS = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id > %s ORDER BY
 _LIST_USER_SESSIONS = (
     f"SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = %s AND id > %s ORDER BY id LIMIT %s"
 )
+# Filtered listings and counts: the filter's condition (parameterised) goes where {} stands.
+_FILTERED_SESSIONS = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id > %s AND {{}} ORDER BY id LIMIT %s"
+_FILTERED_USER_SESSIONS = (
+    f"SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = %s AND id > %s AND {{}} ORDER BY id LIMIT %s"
+)
+_COUNT = "SELECT count(*) FROM sessions WHERE {}"
 _USER_EXISTS = "SELECT 1 FROM users WHERE user_id = %s"
 _SESSION_OWNER = "SELECT user_id FROM sessions WHERE session_id = %s"
 _LOCK_USER = "SELECT 1 FROM users WHERE user_id = %s FOR UPDATE"
@@ -123,15 +130,30 @@ class SessionStore:
                         return
             raise session_not_found(session_id)
 
-    def page(self, after: int, limit: int, user_id: str = "") -> Page[sessions_pb2.Session]:
+    def page(
+        self, after: int, limit: int, user_id: str = "", where: Condition | None = None
+    ) -> Page[sessions_pb2.Session]:
+        """Up to ``limit`` sessions after the id ``after``: of ``user_id`` when given (NotFound
+        without that user), and matching ``where`` when given."""
+
         def read(source: peewee.Database) -> list[Any]:
             with connection(source) as db:
                 if not user_id:
-                    rows: list[Any] = db.execute_sql(_LIST_SESSIONS, (after, limit + 1)).fetchall()
+                    if where is None:
+                        rows: list[Any] = db.execute_sql(_LIST_SESSIONS, (after, limit + 1)).fetchall()
+                    else:
+                        query = _FILTERED_SESSIONS.format(where.sql)
+                        rows = db.execute_sql(query, (after, *where.params, limit + 1)).fetchall()
                     return rows
                 if db.execute_sql(_USER_EXISTS, (user_id,)).fetchone() is None:
                     raise user_not_found(user_id)
-                found: list[Any] = db.execute_sql(_LIST_USER_SESSIONS, (user_id, after, limit + 1)).fetchall()
+                if where is None:
+                    found: list[Any] = db.execute_sql(
+                        _LIST_USER_SESSIONS, (user_id, after, limit + 1)
+                    ).fetchall()
+                else:
+                    query = _FILTERED_USER_SESSIONS.format(where.sql)
+                    found = db.execute_sql(query, (user_id, after, *where.params, limit + 1)).fetchall()
                 return found
 
         rows = self._reads.run(read)
@@ -139,3 +161,13 @@ class SessionStore:
         return Page(
             [fill_session(sessions_pb2.Session(), row) for row in page], [row[0] for row in page], more
         )
+
+    def count(self, where: Condition | None = None) -> int:
+        """How many sessions match ``where`` (all of them without it)."""
+
+        def read(source: peewee.Database) -> int:
+            with connection(source) as db:
+                condition = where or Condition("true", ())
+                return int(db.execute_sql(_COUNT.format(condition.sql), condition.params).fetchone()[0])
+
+        return self._reads.run(read)

@@ -19,6 +19,7 @@ from memstore.v1 import sessions_pb2
 
 from memstore_server.database import connection
 from memstore_server.errors import AlreadyExists, user_not_found
+from memstore_server.filtering import Condition
 from memstore_server.models import User
 from memstore_server.replica import Reads
 from memstore_server.store import binary_copy, user_messages
@@ -47,11 +48,12 @@ _LIST_MESSAGES_THROUGH = Prepared(
 # bytes as a varint (a generated column: migrations/m0006_message_length_varint.py),
 # and the bytes. Read through binary COPY, so the value is not hex-encoded on its
 # way (binary_copy.py).
-_FRAMED_PAGE = (
+_FRAMED_PAGE_OF = (
     "SELECT count(*), max(id), bool_and(message IS NOT NULL), "
     "string_agg(%s || message_length_varint || message, ''::bytea ORDER BY id) "
-    "FROM (SELECT id, message, message_length_varint FROM users WHERE id > %s ORDER BY id LIMIT %s) AS page"
+    "FROM (SELECT id, message, message_length_varint FROM users WHERE id > %s{} ORDER BY id LIMIT %s) AS page"
 )
+_FRAMED_PAGE = _FRAMED_PAGE_OF.format("")
 _FRAMED_PAGE_COLUMNS = (binary_copy.int8, binary_copy.int8, binary_copy.boolean, binary_copy.bytea)
 # One round trip: no row when the user does not exist, one all-NULL row when it
 # has no session (after the cursor), else one row per session of the page.
@@ -67,6 +69,10 @@ WHERE users.user_id = %s
 # Many users in one statement, in request order. ON CONFLICT DO NOTHING leaves existing users
 # alone and returns only the rows it inserted; the caller decides whether a skipped one is an
 # error (the transaction is then rolled back). Row triggers fire as for any INSERT.
+# Filtered listings: the filter's condition (parameterised) goes where {} stands.
+_FILTERED_PAGE = "SELECT id, message FROM users WHERE id > %s AND {} ORDER BY id LIMIT %s"
+_FILTERED_THROUGH = "SELECT id, message FROM users WHERE id > %s AND id <= %s AND {} ORDER BY id"
+_COUNT = "SELECT count(*) FROM users WHERE {}"
 _CREATE_MANY = f"""
 INSERT INTO users (user_id, email, first_name, last_name, metadata)
 SELECT user_id, email, first_name, last_name, metadata::jsonb
@@ -263,21 +269,26 @@ class UserStore:
             if cursor.rowcount == 0:
                 raise user_not_found(user_id)
 
-    def page(self, after: int, limit: int) -> Page[bytes]:
-        """Up to ``limit`` users after the id ``after``."""
+    def page(self, after: int, limit: int, where: Condition | None = None) -> Page[bytes]:
+        """Up to ``limit`` users after the id ``after`` (only those matching ``where``, if given)."""
 
         def read(source: peewee.Database) -> Page[bytes]:
             with connection(source) as db:
-                rows = _LIST_MESSAGES.execute(db, (after, limit + 1)).fetchall()
+                if where is None:
+                    rows = _LIST_MESSAGES.execute(db, (after, limit + 1)).fetchall()
+                else:
+                    query = _FILTERED_PAGE.format(where.sql)
+                    rows = db.execute_sql(query, (after, *where.params, limit + 1)).fetchall()
                 page, more = split_page(rows, limit)
                 found = self._messages(db, page)
                 return Page([message for _, message in found], [id_ for id_, _ in found], more)
 
         return self._reads.run(read)
 
-    def framed_page(self, after: int, size: int, tag: bytes) -> FramedUsers:
-        """Up to ``size`` users after the id ``after``, framed as fields with ``tag``: one page of
-        a stream, built by PostgreSQL in one value (see FramedUsers).
+    def framed_page(self, after: int, size: int, tag: bytes, where: Condition | None = None) -> FramedUsers:
+        """Up to ``size`` users after the id ``after`` (only those matching ``where``, if given),
+        framed as fields with ``tag``: one page of a stream, built by PostgreSQL in one value
+        (see FramedUsers).
 
         Each page is read on a connection held only while it is fetched, so a
         slow reader of a stream never pins a pooled connection.
@@ -285,20 +296,43 @@ class UserStore:
 
         def read(source: peewee.Database) -> FramedUsers:
             with connection(source) as db:
+                if where is None:
+                    query, params = _FRAMED_PAGE, (tag, after, size)
+                else:
+                    query, params = (
+                        _FRAMED_PAGE_OF.format(f" AND {where.sql}"),
+                        (tag, after, *where.params, size),
+                    )
                 count, last_id, complete, frames = binary_copy.first_row(
-                    db, _FRAMED_PAGE, (tag, after, size), _FRAMED_PAGE_COLUMNS
+                    db, query, params, _FRAMED_PAGE_COLUMNS
                 )
             return FramedUsers(frames or b"", count, after, last_id or after, complete is not False)
 
         return self._reads.run(read)
 
-    def users_through(self, after: int, last_id: int) -> KeysetPage:
-        """Every user with an id after ``after`` up to ``last_id``: a FramedUsers run, user by user."""
+    def users_through(self, after: int, last_id: int, where: Condition | None = None) -> KeysetPage:
+        """Every user with an id after ``after`` up to ``last_id`` (matching ``where``, if given):
+        a FramedUsers run, user by user."""
 
         def read(source: peewee.Database) -> KeysetPage:
             with connection(source) as db:
-                found = self._messages(db, _LIST_MESSAGES_THROUGH.execute(db, (after, last_id)).fetchall())
+                if where is None:
+                    rows = _LIST_MESSAGES_THROUGH.execute(db, (after, last_id)).fetchall()
+                else:
+                    query = _FILTERED_THROUGH.format(where.sql)
+                    rows = db.execute_sql(query, (after, last_id, *where.params)).fetchall()
+                found = self._messages(db, rows)
             return KeysetPage([id_ for id_, _ in found], [message for _, message in found])
+
+        return self._reads.run(read)
+
+    def count(self, where: Condition | None = None) -> int:
+        """How many users match ``where`` (all of them without it)."""
+
+        def read(source: peewee.Database) -> int:
+            with connection(source) as db:
+                condition = where or Condition("true", ())
+                return int(db.execute_sql(_COUNT.format(condition.sql), condition.params).fetchone()[0])
 
         return self._reads.run(read)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -84,9 +84,29 @@ class AsyncUserClient:
     async def delete(self, user_id: str, *, timeout: float | None = None) -> None:
         await self._call(self._stub.DeleteUser, users_pb2.DeleteUserRequest(user_id=user_id), timeout)
 
-    async def list(self, limit: int = 0, cursor: int = 0, *, timeout: float | None = None) -> Users:
-        request = users_pb2.ListUsersRequest(limit=limit, cursor=cursor)
+    async def list(
+        self, limit: int = 0, cursor: int = 0, *, filter: str = "", timeout: float | None = None
+    ) -> Users:
+        request = users_pb2.ListUsersRequest(limit=limit, cursor=cursor, filter=filter)
         response = await self._call(self._stub.ListUsers, request, timeout)
+        return [user_from_proto(user) for user in response.users]
+
+    async def count(self, filter: str = "", *, timeout: float | None = None) -> int:
+        request = users_pb2.CountUsersRequest(filter=filter)
+        response = await self._call(self._stub.CountUsers, request, timeout)
+        return int(response.count)
+
+    async def batch_add(
+        self,
+        requests: Sequence[CreateUserRequest],
+        *,
+        skip_existing: bool = False,
+        timeout: float | None = None,
+    ) -> Users:
+        request = users_pb2.BatchCreateUsersRequest(
+            requests=[create_user_proto(item) for item in requests], skip_existing=skip_existing
+        )
+        response = await self._call(self._stub.BatchCreateUsers, request, timeout)
         return [user_from_proto(user) for user in response.users]
 
     async def get_sessions(self, user_id: str, *, timeout: float | None = None) -> Sessions:
@@ -105,13 +125,14 @@ class AsyncUserClient:
         chunk_size: int = 100,
         cursor: int = 0,
         *,
+        filter: str = "",
         chunkSize: int | None = None,  # noqa: N803 - the reference page's spelling
     ) -> AsyncIterator[Users]:
         """As MemstoreClient.user.list_chunked: resumes a broken stream from its last cursor."""
         chunk_size = chunk_size_argument(chunk_size, chunkSize)
         failures = 0
         while True:
-            request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=cursor)
+            request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=cursor, filter=filter)
             stream = self._stub.ListUsersChunked(request, metadata=self._call.metadata)
             received = False
             try:
@@ -184,11 +205,23 @@ class AsyncSessionClient:
         await self._call(self._stub.DeleteSession, request, timeout)
 
     async def list(
-        self, limit: int = 0, cursor: int = 0, *, user_id: str = "", timeout: float | None = None
+        self,
+        limit: int = 0,
+        cursor: int = 0,
+        *,
+        user_id: str = "",
+        filter: str = "",
+        timeout: float | None = None,
     ) -> Sessions:
-        request = sessions_pb2.ListSessionsRequest(limit=limit, cursor=cursor, user_id=user_id)
+        request = sessions_pb2.ListSessionsRequest(limit=limit, cursor=cursor, user_id=user_id, filter=filter)
         response = await self._call(self._stub.ListSessions, request, timeout)
         return [session_from_proto(session) for session in response.sessions]
+
+    async def count(self, filter: str = "", *, timeout: float | None = None) -> int:
+        """How many sessions match ``filter`` (every session when it is empty)."""
+        request = sessions_pb2.CountSessionsRequest(filter=filter)
+        response = await self._call(self._stub.CountSessions, request, timeout)
+        return int(response.count)
 
 
 class AsyncMemstoreClient:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -84,11 +84,33 @@ class UserClient:
     def delete(self, user_id: str, *, timeout: float | None = None) -> None:
         self._call(self._stub.DeleteUser, users_pb2.DeleteUserRequest(user_id=user_id), timeout)
 
-    def list(self, limit: int = 0, cursor: int = 0, *, timeout: float | None = None) -> Users:
-        """One page of users after ``cursor`` (an id); pass the last user's ``id`` to get the next."""
-        response = self._call(
-            self._stub.ListUsers, users_pb2.ListUsersRequest(limit=limit, cursor=cursor), timeout
+    def list(
+        self, limit: int = 0, cursor: int = 0, *, filter: str = "", timeout: float | None = None
+    ) -> Users:
+        """One page of users after ``cursor`` (an id), only those matching ``filter`` when given
+        (see the README's filtering section); pass the last user's ``id`` to get the next."""
+        request = users_pb2.ListUsersRequest(limit=limit, cursor=cursor, filter=filter)
+        response = self._call(self._stub.ListUsers, request, timeout)
+        return [user_from_proto(user) for user in response.users]
+
+    def count(self, filter: str = "", *, timeout: float | None = None) -> int:
+        """How many users match ``filter`` (every user when it is empty)."""
+        response = self._call(self._stub.CountUsers, users_pb2.CountUsersRequest(filter=filter), timeout)
+        return int(response.count)
+
+    def batch_add(
+        self,
+        requests: Sequence[CreateUserRequest],
+        *,
+        skip_existing: bool = False,
+        timeout: float | None = None,
+    ) -> Users:
+        """Create up to 1,000 users in one transaction, all or none; the created users in request
+        order. With ``skip_existing``, users whose ``user_id`` exists are left alone and left out."""
+        request = users_pb2.BatchCreateUsersRequest(
+            requests=[create_user_proto(item) for item in requests], skip_existing=skip_existing
         )
+        response = self._call(self._stub.BatchCreateUsers, request, timeout)
         return [user_from_proto(user) for user in response.users]
 
     def get_sessions(self, user_id: str, *, timeout: float | None = None) -> Sessions:
@@ -108,9 +130,11 @@ class UserClient:
         chunk_size: int = 100,
         cursor: int = 0,
         *,
+        filter: str = "",
         chunkSize: int | None = None,  # noqa: N803 - the reference page's spelling
     ) -> Iterator[Users]:
-        """Every user after ``cursor``, ``chunk_size`` at a time, over one ListUsersChunked stream.
+        """Every user after ``cursor`` (only those matching ``filter`` when given), ``chunk_size``
+        at a time, over one ListUsersChunked stream.
 
         A stream broken by a retryable status (the server restarting, say) is resumed
         from the last chunk received, so no user comes twice and none is missed. The
@@ -120,7 +144,7 @@ class UserClient:
         chunk_size = chunk_size_argument(chunk_size, chunkSize)
         failures = 0
         while True:
-            request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=cursor)
+            request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=cursor, filter=filter)
             stream = self._stub.ListUsersChunked(request, metadata=self._call.metadata)
             received = False
             try:
@@ -203,12 +227,24 @@ class SessionClient:
         )
 
     def list(
-        self, limit: int = 0, cursor: int = 0, *, user_id: str = "", timeout: float | None = None
+        self,
+        limit: int = 0,
+        cursor: int = 0,
+        *,
+        user_id: str = "",
+        filter: str = "",
+        timeout: float | None = None,
     ) -> Sessions:
         """One page of sessions after ``cursor``, optionally only those of ``user_id``."""
-        request = sessions_pb2.ListSessionsRequest(limit=limit, cursor=cursor, user_id=user_id)
+        request = sessions_pb2.ListSessionsRequest(limit=limit, cursor=cursor, user_id=user_id, filter=filter)
         response = self._call(self._stub.ListSessions, request, timeout)
         return [session_from_proto(session) for session in response.sessions]
+
+    def count(self, filter: str = "", *, timeout: float | None = None) -> int:
+        """How many sessions match ``filter`` (every session when it is empty)."""
+        request = sessions_pb2.CountSessionsRequest(filter=filter)
+        response = self._call(self._stub.CountSessions, request, timeout)
+        return int(response.count)
 
 
 class MemstoreClient:

@@ -84,14 +84,16 @@ class DeleteSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListSessionsRequest(_message.Message):
-    __slots__ = ("limit", "cursor", "user_id")
+    __slots__ = ("limit", "cursor", "user_id", "filter")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     limit: int
     cursor: int
     user_id: str
-    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[int] = ..., user_id: _Optional[str] = ...) -> None: ...
+    filter: str
+    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[int] = ..., user_id: _Optional[str] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class ListSessionsResponse(_message.Message):
     __slots__ = ("sessions", "next_cursor")
@@ -100,3 +102,15 @@ class ListSessionsResponse(_message.Message):
     sessions: _containers.RepeatedCompositeFieldContainer[Session]
     next_cursor: int
     def __init__(self, sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ..., next_cursor: _Optional[int] = ...) -> None: ...
+
+class CountSessionsRequest(_message.Message):
+    __slots__ = ("filter",)
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    filter: str
+    def __init__(self, filter: _Optional[str] = ...) -> None: ...
+
+class CountSessionsResponse(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,11 @@ class SessionServiceStub:
                 request_serializer=memstore_dot_v1_dot_sessions__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=memstore_dot_v1_dot_sessions__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.CountSessions = channel.unary_unary(
+                '/memstore.v1.SessionService/CountSessions',
+                request_serializer=memstore_dot_v1_dot_sessions__pb2.CountSessionsRequest.SerializeToString,
+                response_deserializer=memstore_dot_v1_dot_sessions__pb2.CountSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -118,8 +123,19 @@ class SessionServiceServicer:
         """Lists sessions in `id` order, one page at a time, optionally only those
         of one user.
 
-        Errors: INVALID_ARGUMENT (negative `limit` or `cursor`), NOT_FOUND
-        (`user_id` given and names no user, reason USER_NOT_FOUND).
+        Errors: INVALID_ARGUMENT (negative `limit` or `cursor`; a bad `filter`,
+        reason INVALID_FILTER), NOT_FOUND (`user_id` given and names no user,
+        reason USER_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountSessions(self, request, context):
+        """Counts the sessions matching a filter (see ListSessionsRequest.filter);
+        every session when the filter is empty.
+
+        Errors: INVALID_ARGUMENT (a bad `filter`, reason INVALID_FILTER).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +168,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=memstore_dot_v1_dot_sessions__pb2.ListSessionsRequest.FromString,
                     response_serializer=memstore_dot_v1_dot_sessions__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'CountSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountSessions,
+                    request_deserializer=memstore_dot_v1_dot_sessions__pb2.CountSessionsRequest.FromString,
+                    response_serializer=memstore_dot_v1_dot_sessions__pb2.CountSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -295,6 +316,33 @@ class SessionService:
             '/memstore.v1.SessionService/ListSessions',
             memstore_dot_v1_dot_sessions__pb2.ListSessionsRequest.SerializeToString,
             memstore_dot_v1_dot_sessions__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstore.v1.SessionService/CountSessions',
+            memstore_dot_v1_dot_sessions__pb2.CountSessionsRequest.SerializeToString,
+            memstore_dot_v1_dot_sessions__pb2.CountSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from memstore.v1 import sessions_pb2 as memstore_dot_v1_dot_sessions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17memstore/v1/users.proto\x12\x0bmemstore.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amemstore/v1/sessions.proto\"\x89\x02\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04uuid\x18\x06 \x01(\t\x12\n\n\x02id\x18\x07 \x01(\x03\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsession_count\x18\n \x01(\x03\"\x85\x01\n\x11\x43reateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"5\n\x12\x43reateUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.memstore.v1.User\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"2\n\x0fGetUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.memstore.v1.User\"\xec\x01\n\x11UpdateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\x05\x65mail\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x17\n\nfirst_name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x16\n\tlast_name\x18\x04 \x01(\tH\x02\x88\x01\x01\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x08\n\x06_emailB\r\n\x0b_first_nameB\x0c\n\n_last_name\"5\n\x12UpdateUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.memstore.v1.User\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"1\n\x10ListUsersRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\"J\n\x11ListUsersResponse\x12 \n\x05users\x18\x01 \x03(\x0b\x32\x11.memstore.v1.User\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x03\"=\n\x17ListUsersChunkedRequest\x12\x12\n\nchunk_size\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\"Q\n\x18ListUsersChunkedResponse\x12 \n\x05users\x18\x01 \x03(\x0b\x32\x11.memstore.v1.User\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x03\"H\n\x16GetUserSessionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\x03\"V\n\x17GetUserSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.memstore.v1.Session\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x03\"b\n\x17\x42\x61tchCreateUsersRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.memstore.v1.CreateUserRequest\x12\x15\n\rskip_existing\x18\x02 \x01(\x08\"<\n\x18\x42\x61tchCreateUsersResponse\x12 \n\x05users\x18\x01 \x03(\x0b\x32\x11.memstore.v1.User\"?\n\x11WatchUsersRequest\x12\x14\n\x0cresume_token\x18\x01 \x01(\t\x12\x14\n\x0csend_initial\x18\x02 \x01(\x08\"l\n\x12WatchUsersResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.memstore.v1.UserEvent\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x18\n\x10initial_complete\x18\x03 \x01(\x08\"\x81\x02\n\tUserEvent\x12)\n\x04type\x18\x01 \x01(\x0e\x32\x1b.memstore.v1.UserEvent.Type\x12\x1f\n\x04user\x18\x02 \x01(\x0b\x32\x11.memstore.v1.User\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12/\n\x0b\x63ommit_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rTYPE_EXISTING\x10\x01\x12\x10\n\x0cTYPE_CREATED\x10\x02\x12\x10\n\x0cTYPE_UPDATED\x10\x03\x12\x10\n\x0cTYPE_DELETED\x10\x04\"\xed\x01\n\x15WatchUsersResumeToken\x12\x0f\n\x07\x66\x65\x65\x64_id\x18\x01 \x01(\t\x12\x39\n\x04seen\x18\x02 \x01(\x0b\x32+.memstore.v1.WatchUsersResumeToken.Snapshot\x12;\n\x06window\x18\x03 \x01(\x0b\x32+.memstore.v1.WatchUsersResumeToken.Snapshot\x12\x16\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x03\x1a\x33\n\x08Snapshot\x12\x0c\n\x04xmin\x18\x01 \x01(\x04\x12\x0c\n\x04xmax\x18\x02 \x01(\x04\x12\x0b\n\x03xip\x18\x03 \x03(\x04\x32\xff\x05\n\x0bUserService\x12M\n\nCreateUser\x12\x1e.memstore.v1.CreateUserRequest\x1a\x1f.memstore.v1.CreateUserResponse\x12\x44\n\x07GetUser\x12\x1b.memstore.v1.GetUserRequest\x1a\x1c.memstore.v1.GetUserResponse\x12M\n\nUpdateUser\x12\x1e.memstore.v1.UpdateUserRequest\x1a\x1f.memstore.v1.UpdateUserResponse\x12M\n\nDeleteUser\x12\x1e.memstore.v1.DeleteUserRequest\x1a\x1f.memstore.v1.DeleteUserResponse\x12J\n\tListUsers\x12\x1d.memstore.v1.ListUsersRequest\x1a\x1e.memstore.v1.ListUsersResponse\x12\x61\n\x10ListUsersChunked\x12$.memstore.v1.ListUsersChunkedRequest\x1a%.memstore.v1.ListUsersChunkedResponse0\x01\x12\\\n\x0fGetUserSessions\x12#.memstore.v1.GetUserSessionsRequest\x1a$.memstore.v1.GetUserSessionsResponse\x12_\n\x10\x42\x61tchCreateUsers\x12$.memstore.v1.BatchCreateUsersRequest\x1a%.memstore.v1.BatchCreateUsersResponse\x12O\n\nWatchUsers\x12\x1e.memstore.v1.WatchUsersRequest\x1a\x1f.memstore.v1.WatchUsersResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17memstore/v1/users.proto\x12\x0bmemstore.v1\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amemstore/v1/sessions.proto\"\x89\x02\n\x04User\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04uuid\x18\x06 \x01(\t\x12\n\n\x02id\x18\x07 \x01(\x03\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rsession_count\x18\n \x01(\x03\"\x85\x01\n\x11\x43reateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"5\n\x12\x43reateUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.memstore.v1.User\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"2\n\x0fGetUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.memstore.v1.User\"\xec\x01\n\x11UpdateUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\x05\x65mail\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x17\n\nfirst_name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x16\n\tlast_name\x18\x04 \x01(\tH\x02\x88\x01\x01\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0bupdate_mask\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x08\n\x06_emailB\r\n\x0b_first_nameB\x0c\n\n_last_name\"5\n\x12UpdateUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.memstore.v1.User\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse\"A\n\x10ListUsersRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"J\n\x11ListUsersResponse\x12 \n\x05users\x18\x01 \x03(\x0b\x32\x11.memstore.v1.User\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x03\"M\n\x17ListUsersChunkedRequest\x12\x12\n\nchunk_size\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"Q\n\x18ListUsersChunkedResponse\x12 \n\x05users\x18\x01 \x03(\x0b\x32\x11.memstore.v1.User\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x03\"H\n\x16GetUserSessionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\x03\"V\n\x17GetUserSessionsResponse\x12&\n\x08sessions\x18\x01 \x03(\x0b\x32\x14.memstore.v1.Session\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x03\"b\n\x17\x42\x61tchCreateUsersRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.memstore.v1.CreateUserRequest\x12\x15\n\rskip_existing\x18\x02 \x01(\x08\"<\n\x18\x42\x61tchCreateUsersResponse\x12 \n\x05users\x18\x01 \x03(\x0b\x32\x11.memstore.v1.User\"#\n\x11\x43ountUsersRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\"#\n\x12\x43ountUsersResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"?\n\x11WatchUsersRequest\x12\x14\n\x0cresume_token\x18\x01 \x01(\t\x12\x14\n\x0csend_initial\x18\x02 \x01(\x08\"l\n\x12WatchUsersResponse\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.memstore.v1.UserEvent\x12\x14\n\x0cresume_token\x18\x02 \x01(\t\x12\x18\n\x10initial_complete\x18\x03 \x01(\x08\"\x81\x02\n\tUserEvent\x12)\n\x04type\x18\x01 \x01(\x0e\x32\x1b.memstore.v1.UserEvent.Type\x12\x1f\n\x04user\x18\x02 \x01(\x0b\x32\x11.memstore.v1.User\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12/\n\x0b\x63ommit_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rTYPE_EXISTING\x10\x01\x12\x10\n\x0cTYPE_CREATED\x10\x02\x12\x10\n\x0cTYPE_UPDATED\x10\x03\x12\x10\n\x0cTYPE_DELETED\x10\x04\"\xed\x01\n\x15WatchUsersResumeToken\x12\x0f\n\x07\x66\x65\x65\x64_id\x18\x01 \x01(\t\x12\x39\n\x04seen\x18\x02 \x01(\x0b\x32+.memstore.v1.WatchUsersResumeToken.Snapshot\x12;\n\x06window\x18\x03 \x01(\x0b\x32+.memstore.v1.WatchUsersResumeToken.Snapshot\x12\x16\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x03\x1a\x33\n\x08Snapshot\x12\x0c\n\x04xmin\x18\x01 \x01(\x04\x12\x0c\n\x04xmax\x18\x02 \x01(\x04\x12\x0b\n\x03xip\x18\x03 \x03(\x04\x32\xce\x06\n\x0bUserService\x12M\n\nCreateUser\x12\x1e.memstore.v1.CreateUserRequest\x1a\x1f.memstore.v1.CreateUserResponse\x12\x44\n\x07GetUser\x12\x1b.memstore.v1.GetUserRequest\x1a\x1c.memstore.v1.GetUserResponse\x12M\n\nUpdateUser\x12\x1e.memstore.v1.UpdateUserRequest\x1a\x1f.memstore.v1.UpdateUserResponse\x12M\n\nDeleteUser\x12\x1e.memstore.v1.DeleteUserRequest\x1a\x1f.memstore.v1.DeleteUserResponse\x12J\n\tListUsers\x12\x1d.memstore.v1.ListUsersRequest\x1a\x1e.memstore.v1.ListUsersResponse\x12\x61\n\x10ListUsersChunked\x12$.memstore.v1.ListUsersChunkedRequest\x1a%.memstore.v1.ListUsersChunkedResponse0\x01\x12\\\n\x0fGetUserSessions\x12#.memstore.v1.GetUserSessionsRequest\x1a$.memstore.v1.GetUserSessionsResponse\x12_\n\x10\x42\x61tchCreateUsers\x12$.memstore.v1.BatchCreateUsersRequest\x1a%.memstore.v1.BatchCreateUsersResponse\x12M\n\nCountUsers\x12\x1e.memstore.v1.CountUsersRequest\x1a\x1f.memstore.v1.CountUsersResponse\x12O\n\nWatchUsers\x12\x1e.memstore.v1.WatchUsersRequest\x1a\x1f.memstore.v1.WatchUsersResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,33 +54,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEUSERRESPONSE']._serialized_start=1043
   _globals['_DELETEUSERRESPONSE']._serialized_end=1063
   _globals['_LISTUSERSREQUEST']._serialized_start=1065
-  _globals['_LISTUSERSREQUEST']._serialized_end=1114
-  _globals['_LISTUSERSRESPONSE']._serialized_start=1116
-  _globals['_LISTUSERSRESPONSE']._serialized_end=1190
-  _globals['_LISTUSERSCHUNKEDREQUEST']._serialized_start=1192
-  _globals['_LISTUSERSCHUNKEDREQUEST']._serialized_end=1253
-  _globals['_LISTUSERSCHUNKEDRESPONSE']._serialized_start=1255
-  _globals['_LISTUSERSCHUNKEDRESPONSE']._serialized_end=1336
-  _globals['_GETUSERSESSIONSREQUEST']._serialized_start=1338
-  _globals['_GETUSERSESSIONSREQUEST']._serialized_end=1410
-  _globals['_GETUSERSESSIONSRESPONSE']._serialized_start=1412
-  _globals['_GETUSERSESSIONSRESPONSE']._serialized_end=1498
-  _globals['_BATCHCREATEUSERSREQUEST']._serialized_start=1500
-  _globals['_BATCHCREATEUSERSREQUEST']._serialized_end=1598
-  _globals['_BATCHCREATEUSERSRESPONSE']._serialized_start=1600
-  _globals['_BATCHCREATEUSERSRESPONSE']._serialized_end=1660
-  _globals['_WATCHUSERSREQUEST']._serialized_start=1662
-  _globals['_WATCHUSERSREQUEST']._serialized_end=1725
-  _globals['_WATCHUSERSRESPONSE']._serialized_start=1727
-  _globals['_WATCHUSERSRESPONSE']._serialized_end=1835
-  _globals['_USEREVENT']._serialized_start=1838
-  _globals['_USEREVENT']._serialized_end=2095
-  _globals['_USEREVENT_TYPE']._serialized_start=1994
-  _globals['_USEREVENT_TYPE']._serialized_end=2095
-  _globals['_WATCHUSERSRESUMETOKEN']._serialized_start=2098
-  _globals['_WATCHUSERSRESUMETOKEN']._serialized_end=2335
-  _globals['_WATCHUSERSRESUMETOKEN_SNAPSHOT']._serialized_start=2284
-  _globals['_WATCHUSERSRESUMETOKEN_SNAPSHOT']._serialized_end=2335
-  _globals['_USERSERVICE']._serialized_start=2338
-  _globals['_USERSERVICE']._serialized_end=3105
+  _globals['_LISTUSERSREQUEST']._serialized_end=1130
+  _globals['_LISTUSERSRESPONSE']._serialized_start=1132
+  _globals['_LISTUSERSRESPONSE']._serialized_end=1206
+  _globals['_LISTUSERSCHUNKEDREQUEST']._serialized_start=1208
+  _globals['_LISTUSERSCHUNKEDREQUEST']._serialized_end=1285
+  _globals['_LISTUSERSCHUNKEDRESPONSE']._serialized_start=1287
+  _globals['_LISTUSERSCHUNKEDRESPONSE']._serialized_end=1368
+  _globals['_GETUSERSESSIONSREQUEST']._serialized_start=1370
+  _globals['_GETUSERSESSIONSREQUEST']._serialized_end=1442
+  _globals['_GETUSERSESSIONSRESPONSE']._serialized_start=1444
+  _globals['_GETUSERSESSIONSRESPONSE']._serialized_end=1530
+  _globals['_BATCHCREATEUSERSREQUEST']._serialized_start=1532
+  _globals['_BATCHCREATEUSERSREQUEST']._serialized_end=1630
+  _globals['_BATCHCREATEUSERSRESPONSE']._serialized_start=1632
+  _globals['_BATCHCREATEUSERSRESPONSE']._serialized_end=1692
+  _globals['_COUNTUSERSREQUEST']._serialized_start=1694
+  _globals['_COUNTUSERSREQUEST']._serialized_end=1729
+  _globals['_COUNTUSERSRESPONSE']._serialized_start=1731
+  _globals['_COUNTUSERSRESPONSE']._serialized_end=1766
+  _globals['_WATCHUSERSREQUEST']._serialized_start=1768
+  _globals['_WATCHUSERSREQUEST']._serialized_end=1831
+  _globals['_WATCHUSERSRESPONSE']._serialized_start=1833
+  _globals['_WATCHUSERSRESPONSE']._serialized_end=1941
+  _globals['_USEREVENT']._serialized_start=1944
+  _globals['_USEREVENT']._serialized_end=2201
+  _globals['_USEREVENT_TYPE']._serialized_start=2100
+  _globals['_USEREVENT_TYPE']._serialized_end=2201
+  _globals['_WATCHUSERSRESUMETOKEN']._serialized_start=2204
+  _globals['_WATCHUSERSRESUMETOKEN']._serialized_end=2441
+  _globals['_WATCHUSERSRESUMETOKEN_SNAPSHOT']._serialized_start=2390
+  _globals['_WATCHUSERSRESUMETOKEN_SNAPSHOT']._serialized_end=2441
+  _globals['_USERSERVICE']._serialized_start=2444
+  _globals['_USERSERVICE']._serialized_end=3290
 # @@protoc_insertion_point(module_scope)

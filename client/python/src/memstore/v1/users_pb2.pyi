@@ -102,12 +102,14 @@ class DeleteUserResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListUsersRequest(_message.Message):
-    __slots__ = ("limit", "cursor")
+    __slots__ = ("limit", "cursor", "filter")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     limit: int
     cursor: int
-    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[int] = ...) -> None: ...
+    filter: str
+    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[int] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class ListUsersResponse(_message.Message):
     __slots__ = ("users", "next_cursor")
@@ -118,12 +120,14 @@ class ListUsersResponse(_message.Message):
     def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ..., next_cursor: _Optional[int] = ...) -> None: ...
 
 class ListUsersChunkedRequest(_message.Message):
-    __slots__ = ("chunk_size", "cursor")
+    __slots__ = ("chunk_size", "cursor", "filter")
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     chunk_size: int
     cursor: int
-    def __init__(self, chunk_size: _Optional[int] = ..., cursor: _Optional[int] = ...) -> None: ...
+    filter: str
+    def __init__(self, chunk_size: _Optional[int] = ..., cursor: _Optional[int] = ..., filter: _Optional[str] = ...) -> None: ...
 
 class ListUsersChunkedResponse(_message.Message):
     __slots__ = ("users", "next_cursor")
@@ -164,6 +168,18 @@ class BatchCreateUsersResponse(_message.Message):
     USERS_FIELD_NUMBER: _ClassVar[int]
     users: _containers.RepeatedCompositeFieldContainer[User]
     def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ...) -> None: ...
+
+class CountUsersRequest(_message.Message):
+    __slots__ = ("filter",)
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    filter: str
+    def __init__(self, filter: _Optional[str] = ...) -> None: ...
+
+class CountUsersResponse(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
 
 class WatchUsersRequest(_message.Message):
     __slots__ = ("resume_token", "send_initial")

@@ -80,6 +80,11 @@ class UserServiceStub:
                 request_serializer=memstore_dot_v1_dot_users__pb2.BatchCreateUsersRequest.SerializeToString,
                 response_deserializer=memstore_dot_v1_dot_users__pb2.BatchCreateUsersResponse.FromString,
                 _registered_method=True)
+        self.CountUsers = channel.unary_unary(
+                '/memstore.v1.UserService/CountUsers',
+                request_serializer=memstore_dot_v1_dot_users__pb2.CountUsersRequest.SerializeToString,
+                response_deserializer=memstore_dot_v1_dot_users__pb2.CountUsersResponse.FromString,
+                _registered_method=True)
         self.WatchUsers = channel.unary_stream(
                 '/memstore.v1.UserService/WatchUsers',
                 request_serializer=memstore_dot_v1_dot_users__pb2.WatchUsersRequest.SerializeToString,
@@ -137,9 +142,11 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListUsers(self, request, context):
-        """Lists users in `id` order, one page at a time.
+        """Lists users in `id` order, one page at a time, optionally only those
+        matching a filter.
 
-        Errors: INVALID_ARGUMENT (negative `limit` or `cursor`).
+        Errors: INVALID_ARGUMENT (negative `limit` or `cursor`; a bad `filter`,
+        reason INVALID_FILTER).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,7 +158,8 @@ class UserServiceServicer:
         resumed by calling again with the last `next_cursor` received. An empty
         listing is a stream with no messages.
 
-        Errors: INVALID_ARGUMENT (negative `chunk_size` or `cursor`).
+        Errors: INVALID_ARGUMENT (negative `chunk_size` or `cursor`; a bad
+        `filter`, reason INVALID_FILTER).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +187,16 @@ class UserServiceServicer:
         that exists, unless `skip_existing`, or that appears twice in the batch;
         reason USER_ALREADY_EXISTS, naming the first such `user_id`). Nothing is
         created on any error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountUsers(self, request, context):
+        """Counts the users matching a filter (AIP-160 subset, see
+        ListUsersRequest.filter); every user when the filter is empty.
+
+        Errors: INVALID_ARGUMENT (a bad `filter`, reason INVALID_FILTER).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -248,6 +266,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.BatchCreateUsers,
                     request_deserializer=memstore_dot_v1_dot_users__pb2.BatchCreateUsersRequest.FromString,
                     response_serializer=memstore_dot_v1_dot_users__pb2.BatchCreateUsersResponse.SerializeToString,
+            ),
+            'CountUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountUsers,
+                    request_deserializer=memstore_dot_v1_dot_users__pb2.CountUsersRequest.FromString,
+                    response_serializer=memstore_dot_v1_dot_users__pb2.CountUsersResponse.SerializeToString,
             ),
             'WatchUsers': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchUsers,
@@ -477,6 +500,33 @@ class UserService:
             '/memstore.v1.UserService/BatchCreateUsers',
             memstore_dot_v1_dot_users__pb2.BatchCreateUsersRequest.SerializeToString,
             memstore_dot_v1_dot_users__pb2.BatchCreateUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memstore.v1.UserService/CountUsers',
+            memstore_dot_v1_dot_users__pb2.CountUsersRequest.SerializeToString,
+            memstore_dot_v1_dot_users__pb2.CountUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

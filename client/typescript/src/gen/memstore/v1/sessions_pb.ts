@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file memstore/v1/sessions.proto.
  */
 export const file_memstore_v1_sessions: GenFile = /*@__PURE__*/
-  fileDesc("ChptZW1zdG9yZS92MS9zZXNzaW9ucy5wcm90bxILbWVtc3RvcmUudjEi0wEKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEikKCG1ldGFkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIMCgR1dWlkGAQgASgJEgoKAmlkGAUgASgDEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImYKFENyZWF0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCghtZXRhZGF0YRgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiPgoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5tZW1zdG9yZS52MS5TZXNzaW9uIicKEUdldFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiOwoSR2V0U2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5tZW1zdG9yZS52MS5TZXNzaW9uIoYBChRVcGRhdGVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEikKCG1ldGFkYXRhGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIvCgt1cGRhdGVfbWFzaxgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siPgoVVXBkYXRlU2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5tZW1zdG9yZS52MS5TZXNzaW9uIioKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlIkUKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDQoFbGltaXQYASABKAUSDgoGY3Vyc29yGAIgASgDEg8KB3VzZXJfaWQYAyABKAkiUwoUTGlzdFNlc3Npb25zUmVzcG9uc2USJgoIc2Vzc2lvbnMYASADKAsyFC5tZW1zdG9yZS52MS5TZXNzaW9uEhMKC25leHRfY3Vyc29yGAIgASgDMrwDCg5TZXNzaW9uU2VydmljZRJWCg1DcmVhdGVTZXNzaW9uEiEubWVtc3RvcmUudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaIi5tZW1zdG9yZS52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USTQoKR2V0U2Vzc2lvbhIeLm1lbXN0b3JlLnYxLkdldFNlc3Npb25SZXF1ZXN0Gh8ubWVtc3RvcmUudjEuR2V0U2Vzc2lvblJlc3BvbnNlElYKDVVwZGF0ZVNlc3Npb24SIS5tZW1zdG9yZS52MS5VcGRhdGVTZXNzaW9uUmVxdWVzdBoiLm1lbXN0b3JlLnYxLlVwZGF0ZVNlc3Npb25SZXNwb25zZRJWCg1EZWxldGVTZXNzaW9uEiEubWVtc3RvcmUudjEuRGVsZXRlU2Vzc2lvblJlcXVlc3QaIi5tZW1zdG9yZS52MS5EZWxldGVTZXNzaW9uUmVzcG9uc2USUwoMTGlzdFNlc3Npb25zEiAubWVtc3RvcmUudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLm1lbXN0b3JlLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChptZW1zdG9yZS92MS9zZXNzaW9ucy5wcm90bxILbWVtc3RvcmUudjEi0wEKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEikKCG1ldGFkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIMCgR1dWlkGAQgASgJEgoKAmlkGAUgASgDEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImYKFENyZWF0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCghtZXRhZGF0YRgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiPgoVQ3JlYXRlU2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5tZW1zdG9yZS52MS5TZXNzaW9uIicKEUdldFNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiOwoSR2V0U2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5tZW1zdG9yZS52MS5TZXNzaW9uIoYBChRVcGRhdGVTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEikKCG1ldGFkYXRhGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIvCgt1cGRhdGVfbWFzaxgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siPgoVVXBkYXRlU2Vzc2lvblJlc3BvbnNlEiUKB3Nlc3Npb24YASABKAsyFC5tZW1zdG9yZS52MS5TZXNzaW9uIioKFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlIlUKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDQoFbGltaXQYASABKAUSDgoGY3Vyc29yGAIgASgDEg8KB3VzZXJfaWQYAyABKAkSDgoGZmlsdGVyGAQgASgJIlMKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEiYKCHNlc3Npb25zGAEgAygLMhQubWVtc3RvcmUudjEuU2Vzc2lvbhITCgtuZXh0X2N1cnNvchgCIAEoAyImChRDb3VudFNlc3Npb25zUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiJgoVQ291bnRTZXNzaW9uc1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDMpQECg5TZXNzaW9uU2VydmljZRJWCg1DcmVhdGVTZXNzaW9uEiEubWVtc3RvcmUudjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaIi5tZW1zdG9yZS52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USTQoKR2V0U2Vzc2lvbhIeLm1lbXN0b3JlLnYxLkdldFNlc3Npb25SZXF1ZXN0Gh8ubWVtc3RvcmUudjEuR2V0U2Vzc2lvblJlc3BvbnNlElYKDVVwZGF0ZVNlc3Npb24SIS5tZW1zdG9yZS52MS5VcGRhdGVTZXNzaW9uUmVxdWVzdBoiLm1lbXN0b3JlLnYxLlVwZGF0ZVNlc3Npb25SZXNwb25zZRJWCg1EZWxldGVTZXNzaW9uEiEubWVtc3RvcmUudjEuRGVsZXRlU2Vzc2lvblJlcXVlc3QaIi5tZW1zdG9yZS52MS5EZWxldGVTZXNzaW9uUmVzcG9uc2USUwoMTGlzdFNlc3Npb25zEiAubWVtc3RvcmUudjEuTGlzdFNlc3Npb25zUmVxdWVzdBohLm1lbXN0b3JlLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlElYKDUNvdW50U2Vzc2lvbnMSIS5tZW1zdG9yZS52MS5Db3VudFNlc3Npb25zUmVxdWVzdBoiLm1lbXN0b3JlLnYxLkNvdW50U2Vzc2lvbnNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Session is one conversation or interaction thread.
@@ -316,6 +316,19 @@ export type ListSessionsRequest = Message<"memstore.v1.ListSessionsRequest"> & {
    * @generated from field: string user_id = 3;
    */
   userId: string;
+
+  /**
+   * Optional. Only sessions matching this filter are returned; empty means
+   * every session. The language of UserService's ListUsersRequest.filter
+   * (AIP-160 subset, same limits), over the session fields `session_id`,
+   * `user_id` (strings; empty for a session without a user), `id` (integer),
+   * `created_at`, `updated_at` (RFC 3339 timestamps) and `metadata.PATH`.
+   * A bad filter is INVALID_ARGUMENT (reason INVALID_FILTER). It must be the
+   * same on every page of one listing.
+   *
+   * @generated from field: string filter = 4;
+   */
+  filter: string;
 };
 
 /**
@@ -354,6 +367,50 @@ export type ListSessionsResponse = Message<"memstore.v1.ListSessionsResponse"> &
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
   messageDesc(file_memstore_v1_sessions, 10);
+
+/**
+ * Request of SessionService.CountSessions.
+ *
+ * @generated from message memstore.v1.CountSessionsRequest
+ */
+export type CountSessionsRequest = Message<"memstore.v1.CountSessionsRequest"> & {
+  /**
+   * Optional. Only sessions matching this filter are counted; empty counts
+   * every session. The language of ListSessionsRequest.filter; a bad filter
+   * is INVALID_ARGUMENT (reason INVALID_FILTER).
+   *
+   * @generated from field: string filter = 1;
+   */
+  filter: string;
+};
+
+/**
+ * Describes the message memstore.v1.CountSessionsRequest.
+ * Use `create(CountSessionsRequestSchema)` to create a new message.
+ */
+export const CountSessionsRequestSchema: GenMessage<CountSessionsRequest> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_sessions, 11);
+
+/**
+ * Response of SessionService.CountSessions.
+ *
+ * @generated from message memstore.v1.CountSessionsResponse
+ */
+export type CountSessionsResponse = Message<"memstore.v1.CountSessionsResponse"> & {
+  /**
+   * How many sessions match the filter, as of the moment of the count.
+   *
+   * @generated from field: int64 count = 1;
+   */
+  count: bigint;
+};
+
+/**
+ * Describes the message memstore.v1.CountSessionsResponse.
+ * Use `create(CountSessionsResponseSchema)` to create a new message.
+ */
+export const CountSessionsResponseSchema: GenMessage<CountSessionsResponse> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_sessions, 12);
 
 /**
  * SessionService manages Sessions: one conversation or interaction thread,
@@ -420,8 +477,9 @@ export const SessionService: GenService<{
    * Lists sessions in `id` order, one page at a time, optionally only those
    * of one user.
    *
-   * Errors: INVALID_ARGUMENT (negative `limit` or `cursor`), NOT_FOUND
-   * (`user_id` given and names no user, reason USER_NOT_FOUND).
+   * Errors: INVALID_ARGUMENT (negative `limit` or `cursor`; a bad `filter`,
+   * reason INVALID_FILTER), NOT_FOUND (`user_id` given and names no user,
+   * reason USER_NOT_FOUND).
    *
    * @generated from rpc memstore.v1.SessionService.ListSessions
    */
@@ -429,6 +487,19 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof ListSessionsRequestSchema;
     output: typeof ListSessionsResponseSchema;
+  },
+  /**
+   * Counts the sessions matching a filter (see ListSessionsRequest.filter);
+   * every session when the filter is empty.
+   *
+   * Errors: INVALID_ARGUMENT (a bad `filter`, reason INVALID_FILTER).
+   *
+   * @generated from rpc memstore.v1.SessionService.CountSessions
+   */
+  countSessions: {
+    methodKind: "unary";
+    input: typeof CountSessionsRequestSchema;
+    output: typeof CountSessionsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_memstore_v1_sessions, 0);

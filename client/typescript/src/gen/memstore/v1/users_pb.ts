@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file memstore/v1/users.proto.
  */
 export const file_memstore_v1_users: GenFile = /*@__PURE__*/
-  fileDesc("ChdtZW1zdG9yZS92MS91c2Vycy5wcm90bxILbWVtc3RvcmUudjEiiQIKBFVzZXISDwoHdXNlcl9pZBgBIAEoCRINCgVlbWFpbBgCIAEoCRISCgpmaXJzdF9uYW1lGAMgASgJEhEKCWxhc3RfbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDAoEdXVpZBgGIAEoCRIKCgJpZBgHIAEoAxIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zZXNzaW9uX2NvdW50GAogASgDIoUBChFDcmVhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhIKCmZpcnN0X25hbWUYAyABKAkSEQoJbGFzdF9uYW1lGAQgASgJEikKCG1ldGFkYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI1ChJDcmVhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiIQoOR2V0VXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIyCg9HZXRVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIi7AEKEVVwZGF0ZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoFZW1haWwYAiABKAlIAIgBARIXCgpmaXJzdF9uYW1lGAMgASgJSAGIAQESFgoJbGFzdF9uYW1lGAQgASgJSAKIAQESKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC3VwZGF0ZV9tYXNrGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IICgZfZW1haWxCDQoLX2ZpcnN0X25hbWVCDAoKX2xhc3RfbmFtZSI1ChJVcGRhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIUChJEZWxldGVVc2VyUmVzcG9uc2UiMQoQTGlzdFVzZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoBRIOCgZjdXJzb3IYAiABKAMiSgoRTGlzdFVzZXJzUmVzcG9uc2USIAoFdXNlcnMYASADKAsyES5tZW1zdG9yZS52MS5Vc2VyEhMKC25leHRfY3Vyc29yGAIgASgDIj0KF0xpc3RVc2Vyc0NodW5rZWRSZXF1ZXN0EhIKCmNodW5rX3NpemUYASABKAUSDgoGY3Vyc29yGAIgASgDIlEKGExpc3RVc2Vyc0NodW5rZWRSZXNwb25zZRIgCgV1c2VycxgBIAMoCzIRLm1lbXN0b3JlLnYxLlVzZXISEwoLbmV4dF9jdXJzb3IYAiABKAMiSAoWR2V0VXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEg4KBmN1cnNvchgDIAEoAyJWChdHZXRVc2VyU2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULm1lbXN0b3JlLnYxLlNlc3Npb24SEwoLbmV4dF9jdXJzb3IYAiABKAMiYgoXQmF0Y2hDcmVhdGVVc2Vyc1JlcXVlc3QSMAoIcmVxdWVzdHMYASADKAsyHi5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVxdWVzdBIVCg1za2lwX2V4aXN0aW5nGAIgASgIIjwKGEJhdGNoQ3JlYXRlVXNlcnNSZXNwb25zZRIgCgV1c2VycxgBIAMoCzIRLm1lbXN0b3JlLnYxLlVzZXIiPwoRV2F0Y2hVc2Vyc1JlcXVlc3QSFAoMcmVzdW1lX3Rva2VuGAEgASgJEhQKDHNlbmRfaW5pdGlhbBgCIAEoCCJsChJXYXRjaFVzZXJzUmVzcG9uc2USJgoGZXZlbnRzGAEgAygLMhYubWVtc3RvcmUudjEuVXNlckV2ZW50EhQKDHJlc3VtZV90b2tlbhgCIAEoCRIYChBpbml0aWFsX2NvbXBsZXRlGAMgASgIIoECCglVc2VyRXZlbnQSKQoEdHlwZRgBIAEoDjIbLm1lbXN0b3JlLnYxLlVzZXJFdmVudC5UeXBlEh8KBHVzZXIYAiABKAsyES5tZW1zdG9yZS52MS5Vc2VyEhAKCHNlcXVlbmNlGAMgASgDEi8KC2NvbW1pdF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJlCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABIRCg1UWVBFX0VYSVNUSU5HEAESEAoMVFlQRV9DUkVBVEVEEAISEAoMVFlQRV9VUERBVEVEEAMSEAoMVFlQRV9ERUxFVEVEEAQi7QEKFVdhdGNoVXNlcnNSZXN1bWVUb2tlbhIPCgdmZWVkX2lkGAEgASgJEjkKBHNlZW4YAiABKAsyKy5tZW1zdG9yZS52MS5XYXRjaFVzZXJzUmVzdW1lVG9rZW4uU25hcHNob3QSOwoGd2luZG93GAMgASgLMisubWVtc3RvcmUudjEuV2F0Y2hVc2Vyc1Jlc3VtZVRva2VuLlNuYXBzaG90EhYKDmFmdGVyX3NlcXVlbmNlGAQgASgDGjMKCFNuYXBzaG90EgwKBHhtaW4YASABKAQSDAoEeG1heBgCIAEoBBILCgN4aXAYAyADKAQy/wUKC1VzZXJTZXJ2aWNlEk0KCkNyZWF0ZVVzZXISHi5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLkNyZWF0ZVVzZXJSZXNwb25zZRJECgdHZXRVc2VyEhsubWVtc3RvcmUudjEuR2V0VXNlclJlcXVlc3QaHC5tZW1zdG9yZS52MS5HZXRVc2VyUmVzcG9uc2USTQoKVXBkYXRlVXNlchIeLm1lbXN0b3JlLnYxLlVwZGF0ZVVzZXJSZXF1ZXN0Gh8ubWVtc3RvcmUudjEuVXBkYXRlVXNlclJlc3BvbnNlEk0KCkRlbGV0ZVVzZXISHi5tZW1zdG9yZS52MS5EZWxldGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLkRlbGV0ZVVzZXJSZXNwb25zZRJKCglMaXN0VXNlcnMSHS5tZW1zdG9yZS52MS5MaXN0VXNlcnNSZXF1ZXN0Gh4ubWVtc3RvcmUudjEuTGlzdFVzZXJzUmVzcG9uc2USYQoQTGlzdFVzZXJzQ2h1bmtlZBIkLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc0NodW5rZWRSZXF1ZXN0GiUubWVtc3RvcmUudjEuTGlzdFVzZXJzQ2h1bmtlZFJlc3BvbnNlMAESXAoPR2V0VXNlclNlc3Npb25zEiMubWVtc3RvcmUudjEuR2V0VXNlclNlc3Npb25zUmVxdWVzdBokLm1lbXN0b3JlLnYxLkdldFVzZXJTZXNzaW9uc1Jlc3BvbnNlEl8KEEJhdGNoQ3JlYXRlVXNlcnMSJC5tZW1zdG9yZS52MS5CYXRjaENyZWF0ZVVzZXJzUmVxdWVzdBolLm1lbXN0b3JlLnYxLkJhdGNoQ3JlYXRlVXNlcnNSZXNwb25zZRJPCgpXYXRjaFVzZXJzEh4ubWVtc3RvcmUudjEuV2F0Y2hVc2Vyc1JlcXVlc3QaHy5tZW1zdG9yZS52MS5XYXRjaFVzZXJzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_memstore_v1_sessions]);
+  fileDesc("ChdtZW1zdG9yZS92MS91c2Vycy5wcm90bxILbWVtc3RvcmUudjEiiQIKBFVzZXISDwoHdXNlcl9pZBgBIAEoCRINCgVlbWFpbBgCIAEoCRISCgpmaXJzdF9uYW1lGAMgASgJEhEKCWxhc3RfbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDAoEdXVpZBgGIAEoCRIKCgJpZBgHIAEoAxIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zZXNzaW9uX2NvdW50GAogASgDIoUBChFDcmVhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhIKCmZpcnN0X25hbWUYAyABKAkSEQoJbGFzdF9uYW1lGAQgASgJEikKCG1ldGFkYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI1ChJDcmVhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiIQoOR2V0VXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIyCg9HZXRVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIi7AEKEVVwZGF0ZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoFZW1haWwYAiABKAlIAIgBARIXCgpmaXJzdF9uYW1lGAMgASgJSAGIAQESFgoJbGFzdF9uYW1lGAQgASgJSAKIAQESKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC3VwZGF0ZV9tYXNrGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IICgZfZW1haWxCDQoLX2ZpcnN0X25hbWVCDAoKX2xhc3RfbmFtZSI1ChJVcGRhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIUChJEZWxldGVVc2VyUmVzcG9uc2UiQQoQTGlzdFVzZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoBRIOCgZjdXJzb3IYAiABKAMSDgoGZmlsdGVyGAMgASgJIkoKEUxpc3RVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyJNChdMaXN0VXNlcnNDaHVua2VkUmVxdWVzdBISCgpjaHVua19zaXplGAEgASgFEg4KBmN1cnNvchgCIAEoAxIOCgZmaWx0ZXIYAyABKAkiUQoYTGlzdFVzZXJzQ2h1bmtlZFJlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyJIChZHZXRVc2VyU2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFbGltaXQYAiABKAUSDgoGY3Vyc29yGAMgASgDIlYKF0dldFVzZXJTZXNzaW9uc1Jlc3BvbnNlEiYKCHNlc3Npb25zGAEgAygLMhQubWVtc3RvcmUudjEuU2Vzc2lvbhITCgtuZXh0X2N1cnNvchgCIAEoAyJiChdCYXRjaENyZWF0ZVVzZXJzUmVxdWVzdBIwCghyZXF1ZXN0cxgBIAMoCzIeLm1lbXN0b3JlLnYxLkNyZWF0ZVVzZXJSZXF1ZXN0EhUKDXNraXBfZXhpc3RpbmcYAiABKAgiPAoYQmF0Y2hDcmVhdGVVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlciIjChFDb3VudFVzZXJzUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiIwoSQ291bnRVc2Vyc1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDIj8KEVdhdGNoVXNlcnNSZXF1ZXN0EhQKDHJlc3VtZV90b2tlbhgBIAEoCRIUCgxzZW5kX2luaXRpYWwYAiABKAgibAoSV2F0Y2hVc2Vyc1Jlc3BvbnNlEiYKBmV2ZW50cxgBIAMoCzIWLm1lbXN0b3JlLnYxLlVzZXJFdmVudBIUCgxyZXN1bWVfdG9rZW4YAiABKAkSGAoQaW5pdGlhbF9jb21wbGV0ZRgDIAEoCCKBAgoJVXNlckV2ZW50EikKBHR5cGUYASABKA4yGy5tZW1zdG9yZS52MS5Vc2VyRXZlbnQuVHlwZRIfCgR1c2VyGAIgASgLMhEubWVtc3RvcmUudjEuVXNlchIQCghzZXF1ZW5jZRgDIAEoAxIvCgtjb21taXRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZQoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASEQoNVFlQRV9FWElTVElORxABEhAKDFRZUEVfQ1JFQVRFRBACEhAKDFRZUEVfVVBEQVRFRBADEhAKDFRZUEVfREVMRVRFRBAEIu0BChVXYXRjaFVzZXJzUmVzdW1lVG9rZW4SDwoHZmVlZF9pZBgBIAEoCRI5CgRzZWVuGAIgASgLMisubWVtc3RvcmUudjEuV2F0Y2hVc2Vyc1Jlc3VtZVRva2VuLlNuYXBzaG90EjsKBndpbmRvdxgDIAEoCzIrLm1lbXN0b3JlLnYxLldhdGNoVXNlcnNSZXN1bWVUb2tlbi5TbmFwc2hvdBIWCg5hZnRlcl9zZXF1ZW5jZRgEIAEoAxozCghTbmFwc2hvdBIMCgR4bWluGAEgASgEEgwKBHhtYXgYAiABKAQSCwoDeGlwGAMgAygEMs4GCgtVc2VyU2VydmljZRJNCgpDcmVhdGVVc2VyEh4ubWVtc3RvcmUudjEuQ3JlYXRlVXNlclJlcXVlc3QaHy5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVzcG9uc2USRAoHR2V0VXNlchIbLm1lbXN0b3JlLnYxLkdldFVzZXJSZXF1ZXN0GhwubWVtc3RvcmUudjEuR2V0VXNlclJlc3BvbnNlEk0KClVwZGF0ZVVzZXISHi5tZW1zdG9yZS52MS5VcGRhdGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLlVwZGF0ZVVzZXJSZXNwb25zZRJNCgpEZWxldGVVc2VyEh4ubWVtc3RvcmUudjEuRGVsZXRlVXNlclJlcXVlc3QaHy5tZW1zdG9yZS52MS5EZWxldGVVc2VyUmVzcG9uc2USSgoJTGlzdFVzZXJzEh0ubWVtc3RvcmUudjEuTGlzdFVzZXJzUmVxdWVzdBoeLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc1Jlc3BvbnNlEmEKEExpc3RVc2Vyc0NodW5rZWQSJC5tZW1zdG9yZS52MS5MaXN0VXNlcnNDaHVua2VkUmVxdWVzdBolLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc0NodW5rZWRSZXNwb25zZTABElwKD0dldFVzZXJTZXNzaW9ucxIjLm1lbXN0b3JlLnYxLkdldFVzZXJTZXNzaW9uc1JlcXVlc3QaJC5tZW1zdG9yZS52MS5HZXRVc2VyU2Vzc2lvbnNSZXNwb25zZRJfChBCYXRjaENyZWF0ZVVzZXJzEiQubWVtc3RvcmUudjEuQmF0Y2hDcmVhdGVVc2Vyc1JlcXVlc3QaJS5tZW1zdG9yZS52MS5CYXRjaENyZWF0ZVVzZXJzUmVzcG9uc2USTQoKQ291bnRVc2VycxIeLm1lbXN0b3JlLnYxLkNvdW50VXNlcnNSZXF1ZXN0Gh8ubWVtc3RvcmUudjEuQ291bnRVc2Vyc1Jlc3BvbnNlEk8KCldhdGNoVXNlcnMSHi5tZW1zdG9yZS52MS5XYXRjaFVzZXJzUmVxdWVzdBofLm1lbXN0b3JlLnYxLldhdGNoVXNlcnNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_memstore_v1_sessions]);
 
 /**
  * User is an individual interacting with an application.
@@ -372,6 +372,25 @@ export type ListUsersRequest = Message<"memstore.v1.ListUsersRequest"> & {
    * @generated from field: int64 cursor = 2;
    */
   cursor: bigint;
+
+  /**
+   * Optional. Only users matching this filter are returned; empty means
+   * every user. A subset of AIP-160: comparisons `FIELD OP VALUE` (`=`, `!=`,
+   * `<`, `<=`, `>`, `>=`), presence `metadata:KEY` and `metadata.PATH:KEY`,
+   * joined by `AND`, `OR` (which binds tighter than `AND`), `NOT` or `-`, and
+   * parentheses. Fields: `user_id`, `email`, `first_name`, `last_name`
+   * (strings; `email` compares case-insensitively; a `*` at the start or end
+   * of an `=`/`!=` value matches any text), `id`, `session_count` (integers),
+   * `created_at`, `updated_at` (RFC 3339 timestamps) and `metadata.PATH`
+   * (a JSON string, number, boolean or null; a missing path or another JSON
+   * type never matches, for `!=` too). At most 2,048 characters, 32
+   * comparisons and 32 levels of nesting; anything else is INVALID_ARGUMENT
+   * (reason INVALID_FILTER) naming the character where it is wrong. It must
+   * be the same on every page of one listing.
+   *
+   * @generated from field: string filter = 3;
+   */
+  filter: string;
 };
 
 /**
@@ -432,6 +451,15 @@ export type ListUsersChunkedRequest = Message<"memstore.v1.ListUsersChunkedReque
    * @generated from field: int64 cursor = 2;
    */
   cursor: bigint;
+
+  /**
+   * Optional. Only users matching this filter are streamed; empty means every
+   * user. The language and its limits are those of ListUsersRequest.filter;
+   * a resumed stream must pass the same filter again.
+   *
+   * @generated from field: string filter = 3;
+   */
+  filter: string;
 };
 
 /**
@@ -593,6 +621,50 @@ export const BatchCreateUsersResponseSchema: GenMessage<BatchCreateUsersResponse
   messageDesc(file_memstore_v1_users, 16);
 
 /**
+ * Request of UserService.CountUsers.
+ *
+ * @generated from message memstore.v1.CountUsersRequest
+ */
+export type CountUsersRequest = Message<"memstore.v1.CountUsersRequest"> & {
+  /**
+   * Optional. Only users matching this filter are counted; empty counts every
+   * user. The language and its limits are those of ListUsersRequest.filter;
+   * a bad filter is INVALID_ARGUMENT (reason INVALID_FILTER).
+   *
+   * @generated from field: string filter = 1;
+   */
+  filter: string;
+};
+
+/**
+ * Describes the message memstore.v1.CountUsersRequest.
+ * Use `create(CountUsersRequestSchema)` to create a new message.
+ */
+export const CountUsersRequestSchema: GenMessage<CountUsersRequest> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 17);
+
+/**
+ * Response of UserService.CountUsers.
+ *
+ * @generated from message memstore.v1.CountUsersResponse
+ */
+export type CountUsersResponse = Message<"memstore.v1.CountUsersResponse"> & {
+  /**
+   * How many users match the filter, as of the moment of the count.
+   *
+   * @generated from field: int64 count = 1;
+   */
+  count: bigint;
+};
+
+/**
+ * Describes the message memstore.v1.CountUsersResponse.
+ * Use `create(CountUsersResponseSchema)` to create a new message.
+ */
+export const CountUsersResponseSchema: GenMessage<CountUsersResponse> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 18);
+
+/**
  * Request of UserService.WatchUsers.
  *
  * @generated from message memstore.v1.WatchUsersRequest
@@ -627,7 +699,7 @@ export type WatchUsersRequest = Message<"memstore.v1.WatchUsersRequest"> & {
  * Use `create(WatchUsersRequestSchema)` to create a new message.
  */
 export const WatchUsersRequestSchema: GenMessage<WatchUsersRequest> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 17);
+  messageDesc(file_memstore_v1_users, 19);
 
 /**
  * One message of UserService.WatchUsers.
@@ -671,7 +743,7 @@ export type WatchUsersResponse = Message<"memstore.v1.WatchUsersResponse"> & {
  * Use `create(WatchUsersResponseSchema)` to create a new message.
  */
 export const WatchUsersResponseSchema: GenMessage<WatchUsersResponse> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 18);
+  messageDesc(file_memstore_v1_users, 20);
 
 /**
  * A change to one user, or one user of the initial snapshot.
@@ -720,7 +792,7 @@ export type UserEvent = Message<"memstore.v1.UserEvent"> & {
  * Use `create(UserEventSchema)` to create a new message.
  */
 export const UserEventSchema: GenMessage<UserEvent> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 19);
+  messageDesc(file_memstore_v1_users, 21);
 
 /**
  * What happened to the user.
@@ -770,7 +842,7 @@ export enum UserEvent_Type {
  * Describes the enum memstore.v1.UserEvent.Type.
  */
 export const UserEvent_TypeSchema: GenEnum<UserEvent_Type> = /*@__PURE__*/
-  enumDesc(file_memstore_v1_users, 19, 0);
+  enumDesc(file_memstore_v1_users, 21, 0);
 
 /**
  * The content of a WatchUsersResponse.resume_token, which is the base64url
@@ -821,7 +893,7 @@ export type WatchUsersResumeToken = Message<"memstore.v1.WatchUsersResumeToken">
  * Use `create(WatchUsersResumeTokenSchema)` to create a new message.
  */
 export const WatchUsersResumeTokenSchema: GenMessage<WatchUsersResumeToken> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 20);
+  messageDesc(file_memstore_v1_users, 22);
 
 /**
  * A PostgreSQL snapshot (`pg_current_snapshot()`): which transactions had
@@ -857,7 +929,7 @@ export type WatchUsersResumeToken_Snapshot = Message<"memstore.v1.WatchUsersResu
  * Use `create(WatchUsersResumeToken_SnapshotSchema)` to create a new message.
  */
 export const WatchUsersResumeToken_SnapshotSchema: GenMessage<WatchUsersResumeToken_Snapshot> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 20, 0);
+  messageDesc(file_memstore_v1_users, 22, 0);
 
 /**
  * UserService manages Users: the individuals interacting with an
@@ -923,9 +995,11 @@ export const UserService: GenService<{
     output: typeof DeleteUserResponseSchema;
   },
   /**
-   * Lists users in `id` order, one page at a time.
+   * Lists users in `id` order, one page at a time, optionally only those
+   * matching a filter.
    *
-   * Errors: INVALID_ARGUMENT (negative `limit` or `cursor`).
+   * Errors: INVALID_ARGUMENT (negative `limit` or `cursor`; a bad `filter`,
+   * reason INVALID_FILTER).
    *
    * @generated from rpc memstore.v1.UserService.ListUsers
    */
@@ -940,7 +1014,8 @@ export const UserService: GenService<{
    * resumed by calling again with the last `next_cursor` received. An empty
    * listing is a stream with no messages.
    *
-   * Errors: INVALID_ARGUMENT (negative `chunk_size` or `cursor`).
+   * Errors: INVALID_ARGUMENT (negative `chunk_size` or `cursor`; a bad
+   * `filter`, reason INVALID_FILTER).
    *
    * @generated from rpc memstore.v1.UserService.ListUsersChunked
    */
@@ -981,6 +1056,19 @@ export const UserService: GenService<{
     methodKind: "unary";
     input: typeof BatchCreateUsersRequestSchema;
     output: typeof BatchCreateUsersResponseSchema;
+  },
+  /**
+   * Counts the users matching a filter (AIP-160 subset, see
+   * ListUsersRequest.filter); every user when the filter is empty.
+   *
+   * Errors: INVALID_ARGUMENT (a bad `filter`, reason INVALID_FILTER).
+   *
+   * @generated from rpc memstore.v1.UserService.CountUsers
+   */
+  countUsers: {
+    methodKind: "unary";
+    input: typeof CountUsersRequestSchema;
+    output: typeof CountUsersResponseSchema;
   },
   /**
    * Streams every change to users (AIP-style change feed): optionally a
