@@ -173,15 +173,7 @@ def manifest_path(path: Path) -> Path:
 
 
 def _request(filter_text: str | None) -> users_pb2.ListUsersChunkedRequest:
-    request = users_pb2.ListUsersChunkedRequest(chunk_size=CHUNK_SIZE)
-    if filter_text:
-        if "filter" not in users_pb2.ListUsersChunkedRequest.DESCRIPTOR.fields_by_name:
-            raise CommandError(
-                "--filter needs a memstore-client whose ListUsersChunkedRequest has a filter field",
-                USAGE_ERROR,
-            )
-        request.filter = filter_text  # type: ignore[attr-defined,unused-ignore]
-    return request
+    return users_pb2.ListUsersChunkedRequest(chunk_size=CHUNK_SIZE, filter=filter_text or "")
 
 
 def _sink(args: argparse.Namespace, writer: HashingWriter) -> Sink:
@@ -192,7 +184,7 @@ def _sink(args: argparse.Namespace, writer: HashingWriter) -> Sink:
 
 def _export(connection: Connection, request: users_pb2.ListUsersChunkedRequest, sink: Sink) -> int:
     count = 0
-    with progress.bar("exporting") as bar:
+    with progress.bar("exporting", total=_total(connection, request.filter)) as bar:
         try:
             for data in messages(connection, request):
                 written = sink.write(data)
@@ -205,6 +197,19 @@ def _export(connection: Connection, request: users_pb2.ListUsersChunkedRequest, 
         count += written
         bar.update(written)
     return count
+
+
+def _total(connection: Connection, filter_text: str) -> int | None:
+    """How many users the progress bar expects (asked only when one is drawn); None if unknown."""
+    if not progress.shown():
+        return None
+    try:
+        response = connection.users.CountUsers(
+            users_pb2.CountUsersRequest(filter=filter_text), timeout=30, metadata=connection.metadata
+        )
+    except grpc.RpcError:
+        return None  # the export reports the server's errors itself
+    return int(response.count)
 
 
 def _cursor_reader() -> Callable[[bytes], int]:

@@ -8,6 +8,10 @@ from typing import Any
 from tqdm import tqdm
 
 
+def shown() -> bool:
+    return sys.stderr.isatty()
+
+
 def bar(description: str, *, total: int | None = None, unit: str = "users") -> tqdm[Any]:
     return tqdm(
         total=total,
@@ -15,7 +19,7 @@ def bar(description: str, *, total: int | None = None, unit: str = "users") -> t
         unit=unit,
         unit_scale=True,
         file=sys.stderr,
-        disable=not sys.stderr.isatty(),
+        disable=not shown(),
         dynamic_ncols=True,
         leave=False,
     )
