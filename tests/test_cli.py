@@ -704,6 +704,30 @@ def test_an_interrupted_export_exits_128_plus_the_signal_and_leaves_no_file(
     no_leftovers(tmp_path)
 
 
+@pytest.mark.parametrize(("signal_number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_import_exits_128_plus_the_signal(
+    silent_server: SilentServer, tmp_path: Path, signal_number: int, code: int
+) -> None:
+    source = write_lines(tmp_path / "in.jsonl", [line_of(f"waiting-{n}") for n in range(10)])
+    process = subprocess.Popen(
+        [str(MEMSTORE), "import", str(source), "--address", silent_server.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server_environment(),
+    )
+    try:
+        assert wait_for(silent_server.accepted.is_set, 60)  # its batch is on its way
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr
+
+
 def readme_examples(repo_root: Path) -> list[str]:
     """The commands of the README's first shell block about the memstore command."""
     text = (repo_root / "README.md").read_text(encoding="utf-8")
