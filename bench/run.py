@@ -41,6 +41,7 @@ import peewee
 import psycopg2
 import psycopg2.extensions
 import query
+from cli_figures import measure_cli
 from framing import length_delimited
 from harness import (
     BENCH,
@@ -210,6 +211,14 @@ def memstore(run: Run, target: str, name: str, *extra: str) -> Iterator[subproce
     command = memstore_command(run.url, target, *extra)
     with server_process(command, target, run.work / f"{name}.log", env=default_environment()) as process:
         check_get_user(target, "user-1")
+        yield process
+
+
+@contextmanager
+def memstore_on(run: Run, url: str, target: str, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A memstore server on the database of ``url`` (which may be empty), SERVING when yielded."""
+    command = memstore_command(url, target)
+    with server_process(command, target, run.work / f"{name}.log", env=default_environment()) as process:
         yield process
 
 
@@ -588,6 +597,7 @@ def measure(run: Run) -> list[Figure]:
         figures += measure_replica_stream(run, one_target, run.work / "data" / "postgres")
         if have_h2load():
             figures += measure_workers(run, one_target, bare_target)
+        figures += measure_cli(run, one_target)
         figures += measure_feed(run, one_target, server.pid)
         figures.append(measure_create(run, one_target, get_user))
         figures.append(measure_batch(run, one_target))

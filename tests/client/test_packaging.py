@@ -63,6 +63,25 @@ def test_wheel_installs_and_imports_in_a_clean_virtualenv(repo_root: Path, tmp_p
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0.1.0"
+    _memstore_command_without_pyarrow(env_dir / "bin" / "memstore", tmp_path)
+
+
+def _memstore_command_without_pyarrow(command: Path, folder: Path) -> None:
+    """The wheel installs the memstore command; without the [parquet] extra, Parquet says how to get it."""
+    shown = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "export" in shown.stdout
+    parquet = subprocess.run(
+        [str(command), "export", "--format", "parquet", "--out", "u.parquet", "--address", "127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=folder,
+    )
+    assert parquet.returncode == 2, parquet.stderr
+    assert "pip install 'memstore-client[parquet]'" in parquet.stderr
+    assert not (folder / "u.parquet").exists()
 
 
 TYPESCRIPT_IMPORT_CHECK = """
