@@ -39,6 +39,7 @@ from tests.support import (
     RunningServer,
     ServerAddress,
     bulk_users,
+    free_port,
     server_environment,
     struct,
     unique,
@@ -684,13 +685,7 @@ def test_an_interrupted_export_exits_128_plus_the_signal_and_leaves_no_file(
     silent_server: SilentServer, tmp_path: Path, signal_number: int, code: int
 ) -> None:
     out = tmp_path / "users.jsonl"
-    process = subprocess.Popen(
-        [str(MEMSTORE), "export", "--out", str(out), "--address", silent_server.address],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=server_environment(),
-    )
+    process = started("export", "--out", str(out), "--address", silent_server.address)
     try:
         # Connected, and the temporary file exists: the export is under way.
         assert wait_for(lambda: silent_server.accepted.is_set() and any(tmp_path.iterdir()), 60)
@@ -709,13 +704,7 @@ def test_an_interrupted_import_exits_128_plus_the_signal(
     silent_server: SilentServer, tmp_path: Path, signal_number: int, code: int
 ) -> None:
     source = write_lines(tmp_path / "in.jsonl", [line_of(f"waiting-{n}") for n in range(10)])
-    process = subprocess.Popen(
-        [str(MEMSTORE), "import", str(source), "--address", silent_server.address],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=server_environment(),
-    )
+    process = started("import", str(source), "--address", silent_server.address)
     try:
         assert wait_for(silent_server.accepted.is_set, 60)  # its batch is on its way
         process.send_signal(signal_number)
@@ -765,6 +754,17 @@ def test_the_readme_examples_run_as_written(
 
 
 # ------------------------------------------------------------------------------------ watch
+
+
+def started(*args: str) -> subprocess.Popen[str]:
+    """``memstore ARGS`` running in the background, its output read as text by the test."""
+    return subprocess.Popen(
+        [str(MEMSTORE), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=server_environment(),
+    )
 
 
 def watch_lines(process: subprocess.Popen[str], count: int) -> list[dict[str, Any]]:
@@ -848,13 +848,7 @@ def test_an_export_plus_the_watch_from_its_manifest_rebuilds_what_list_users_sho
     marker = create(users, unique("marker"))
 
     state = {user["user_id"]: user for user in map(json.loads, out.read_text().splitlines())}
-    process = subprocess.Popen(
-        [str(MEMSTORE), "watch", "--since-manifest", str(manifest_of_path(out)), "--address", server.target],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=server_environment(),
-    )
+    process = started("watch", "--since-manifest", str(manifest_of_path(out)), "--address", server.target)
     try:
         while True:  # until the marker, the last change made
             (event,) = watch_lines(process, 1)
@@ -880,18 +874,10 @@ def test_watch_resumes_by_itself_after_the_server_goes_away(
     db: peewee.Database,
     start_server: Callable[[Settings], RunningServer],
 ) -> None:
-    from tests.support import free_port
-
     port = free_port()
     first = start_server(Settings(listen=f"127.0.0.1:{port}"))
     prefix = unique("resumed")
-    process = subprocess.Popen(
-        [str(MEMSTORE), "watch", "--heartbeats", "--address", first.target],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=server_environment(),
-    )
+    process = started("watch", "--heartbeats", "--address", first.target)
     try:
         (first_message,) = watch_lines(process, 1)  # the stream's first message: the watch has begun
         assert first_message["heartbeat"] is True
@@ -921,13 +907,7 @@ def test_watch_initial_prints_the_snapshot_its_end_then_the_changes(
     server: ServerAddress, users: users_pb2_grpc.UserServiceStub
 ) -> None:
     made = sample_users(users, 3)
-    process = subprocess.Popen(
-        [str(MEMSTORE), "watch", "--initial", "--address", server.target],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=server_environment(),
-    )
+    process = started("watch", "--initial", "--address", server.target)
     try:
         snapshot = watch_lines(process, 4)
         assert [(line.get("type"), line.get("user", {}).get("user_id")) for line in snapshot[:3]] == [

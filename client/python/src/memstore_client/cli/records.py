@@ -17,18 +17,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from memstore.v1 import users_pb2
 
 # Field names in the order of the User message; the JSONL line and the Parquet columns use them.
-FIELDS = (
-    "user_id",
-    "email",
-    "first_name",
-    "last_name",
-    "metadata",
-    "uuid",
-    "id",
-    "created_at",
-    "updated_at",
-    "session_count",
-)
+FIELDS = tuple(field.name for field in users_pb2.User.DESCRIPTOR.fields)
 # What an import sends; the server assigns the rest, so they are read past.
 IMPORTED = ("user_id", "email", "first_name", "last_name", "metadata")
 ASSIGNED_BY_SERVER = frozenset(FIELDS) - frozenset(IMPORTED)
