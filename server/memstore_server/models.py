@@ -64,6 +64,14 @@ for _model in (User, Session):
         _model.index(peewee.SQL("metadata jsonb_path_ops"), using="gin", name=f"{_table}_metadata_idx")
     )
 User.add_index(User.index(peewee.SQL('(lower(email) COLLATE "C")'), name="users_email_lower_idx"))
+# Metadata under its id's range (migrations/m0009_metadata_by_id_range.py): filtered pages.
+User.add_index(
+    User.index(
+        peewee.SQL("memstore_metadata_in_id_range(id, metadata) jsonb_path_ops"),
+        using="gin",
+        name="users_metadata_in_id_range_idx",
+    )
+)
 
 
 class Xid8Field(peewee.Field):

@@ -41,17 +41,32 @@ class Condition:
 
     sql: str
     params: tuple[Any, ...]
+    # The JSON object that the metadata of every match contains, when the filter is (or is an
+    # AND of terms with) a metadata equality: the first such term's. A listing can find its
+    # candidates by it range by range (store/id_ranges.py); the condition still decides.
+    metadata_contains: str | None = None
 
 
 def compile_tree(tree: Node, resource: Resource) -> Condition:
     params: list[Any] = []
-    return Condition(_Compiler(resource, params).node(tree), tuple(params))
+    compiler = _Compiler(resource, params, _conjuncts(tree))
+    sql = compiler.node(tree)
+    return Condition(sql, tuple(params), compiler.metadata_contains)
+
+
+def _conjuncts(node: Node) -> tuple[Node, ...]:
+    """The terms that ``node`` ANDs together, through nested ANDs: each holds for every match."""
+    if isinstance(node, And):
+        return tuple(term for operand in node.operands for term in _conjuncts(operand))
+    return (node,)
 
 
 class _Compiler:
-    def __init__(self, resource: Resource, params: list[Any]) -> None:
+    def __init__(self, resource: Resource, params: list[Any], conjuncts: tuple[Node, ...]) -> None:
         self.resource = resource
         self.params = params
+        self.conjuncts = conjuncts  # the terms that every match satisfies on its own
+        self.metadata_contains: str | None = None
 
     def param(self, value: Any) -> str:
         self.params.append(value)
@@ -171,7 +186,10 @@ class _Compiler:
         if isinstance(value, bool) and operator not in ("=", "!="):
             raise FilterError(node.value.position, "true and false compare only with = and !=")
         if operator == "=" and not (isinstance(value, str) and _like_pattern(value) is not None):
-            return f"({column.sql} @> {self.param(_containing(keys, value))}::jsonb)"
+            contained = _containing(keys, value)
+            if self.metadata_contains is None and any(node is term for term in self.conjuncts):
+                self.metadata_contains = contained
+            return f"({column.sql} @> {self.param(contained)}::jsonb)"
         json_type = _JSON_TYPES[type(value)]
         typed = f"jsonb_typeof({self.json_path(column, keys)}) = '{json_type}'"
         if isinstance(value, str):

@@ -39,6 +39,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0006_message_length_varint,
         m0007_filter_indexes,
         m0008_user_changes,
+        m0009_metadata_by_id_range,
     )
 
     found = (
@@ -48,6 +49,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0006_message_length_varint.MIGRATION,
         m0007_filter_indexes.MIGRATION,
         m0008_user_changes.MIGRATION,
+        m0009_metadata_by_id_range.MIGRATION,
     )
     versions = [migration.version for migration in found]
     assert versions == sorted(set(versions)), "migration versions must be unique and ordered"

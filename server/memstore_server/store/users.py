@@ -22,7 +22,7 @@ from memstore_server.errors import AlreadyExists, user_not_found
 from memstore_server.filtering import Condition
 from memstore_server.models import User
 from memstore_server.replica import Reads
-from memstore_server.store import binary_copy, user_messages
+from memstore_server.store import binary_copy, id_ranges, user_messages
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.pages import Page, split_page
 from memstore_server.store.prepared import Prepared
@@ -73,6 +73,10 @@ WHERE users.user_id = %s
 _FILTERED_PAGE = "SELECT id, message FROM users WHERE id > %s AND {} ORDER BY id LIMIT %s"
 _FILTERED_THROUGH = "SELECT id, message FROM users WHERE id > %s AND id <= %s AND {} ORDER BY id"
 _COUNT = "SELECT count(*) FROM users WHERE {}"
+# The same pages, of the rows of one step of a filtered read (store/id_ranges.py).
+_STEP_PAGE = "SELECT id, message FROM ({}) AS step ORDER BY id LIMIT %s"
+_STEP_FRAMED_PAGE = _FRAMED_PAGE_OF.replace("FROM users WHERE id > %s{}", "FROM ({}) AS step")
+_LAST_ID = "SELECT max(id) FROM users"
 _CREATE_MANY = f"""
 INSERT INTO users (user_id, email, first_name, last_name, metadata)
 SELECT user_id, email, first_name, last_name, metadata::jsonb
@@ -163,6 +167,7 @@ class UserStore:
     def __init__(self, db: peewee.Database, reads: Reads | None = None) -> None:
         self._db = db
         self._reads = reads or Reads(db)
+        self._densities = id_ranges.Densities()
 
     def create(self, user_id: str, email: str, first_name: str, last_name: str, metadata: Metadata) -> bytes:
         query = User.insert(
@@ -277,8 +282,7 @@ class UserStore:
                 if where is None:
                     rows = _LIST_MESSAGES.execute(db, (after, limit + 1)).fetchall()
                 else:
-                    query = _FILTERED_PAGE.format(where.sql)
-                    rows = db.execute_sql(query, (after, *where.params, limit + 1)).fetchall()
+                    rows = self._filtered_rows(db, after, limit + 1, where)
                 page, more = split_page(rows, limit)
                 found = self._messages(db, page)
                 return Page([message for _, message in found], [id_ for id_, _ in found], more)
@@ -296,15 +300,10 @@ class UserStore:
 
         def read(source: peewee.Database) -> FramedUsers:
             with connection(source) as db:
-                if where is None:
-                    query, params = _FRAMED_PAGE, (tag, after, size)
-                else:
-                    query, params = (
-                        _FRAMED_PAGE_OF.format(f" AND {where.sql}"),
-                        (tag, after, *where.params, size),
-                    )
+                if where is not None:
+                    return self._filtered_frames(db, after, size, tag, where)
                 count, last_id, complete, frames = binary_copy.first_row(
-                    db, query, params, _FRAMED_PAGE_COLUMNS
+                    db, _FRAMED_PAGE, (tag, after, size), _FRAMED_PAGE_COLUMNS
                 )
             return FramedUsers(frames or b"", count, after, last_id or after, complete is not False)
 
@@ -353,6 +352,62 @@ class UserStore:
             [fill_session(sessions_pb2.Session(), row) for row in page], [row[0] for row in page], more
         )
 
+    def _filtered_rows(
+        self, db: peewee.Database, after: int, needed: int, where: Condition
+    ) -> list[MessageRow]:
+        """Up to ``needed`` (id, message) rows after ``after`` matching ``where``, in id order."""
+        if where.metadata_contains is None:
+            query = _FILTERED_PAGE.format(where.sql)
+            return list(db.execute_sql(query, (after, *where.params, needed)).fetchall())
+        rows: list[MessageRow] = []
+        scan = self._scan(db, after, needed, where)
+        for step in scan:
+            query, params = id_ranges.selection(step, "id, message", where)
+            found = db.execute_sql(_STEP_PAGE.format(query), (*params, scan.remaining)).fetchall()
+            rows.extend(found)
+            self._found(db, scan, len(found), found[-1][0] if found else 0)
+        self._learn(scan, where)
+        return rows
+
+    def _filtered_frames(
+        self, db: peewee.Database, after: int, size: int, tag: bytes, where: Condition
+    ) -> FramedUsers:
+        """framed_page's filtered read: the frames of each step of the read, joined."""
+        if where.metadata_contains is None:
+            query, params = _FRAMED_PAGE_OF.format(f" AND {where.sql}"), (tag, after, *where.params, size)
+            return _framed(after, [binary_copy.first_row(db, query, params, _FRAMED_PAGE_COLUMNS)])
+        pieces: list[Sequence[Any]] = []
+        scan = self._scan(db, after, size, where)
+        for step in scan:
+            query, params = id_ranges.selection(step, "id, message, message_length_varint", where)
+            piece = binary_copy.first_row(
+                db, _STEP_FRAMED_PAGE.format(query), (tag, *params, scan.remaining), _FRAMED_PAGE_COLUMNS
+            )
+            pieces.append(piece)
+            self._found(db, scan, piece[0], piece[1] or 0)
+        self._learn(scan, where)
+        return _framed(after, pieces)
+
+    def _scan(self, db: peewee.Database, after: int, needed: int, where: Condition) -> id_ranges.FilteredScan:
+        scan = id_ranges.FilteredScan(after, needed, self._densities.get((where.sql, where.params)))
+        self._end_if_needed(db, scan)
+        return scan
+
+    @staticmethod
+    def _found(db: peewee.Database, scan: id_ranges.FilteredScan, rows: int, last_id: int) -> None:
+        scan.found(rows, last_id)
+        UserStore._end_if_needed(db, scan)
+
+    @staticmethod
+    def _end_if_needed(db: peewee.Database, scan: id_ranges.FilteredScan) -> None:
+        if scan.needs_end:
+            scan.end = db.execute_sql(_LAST_ID).fetchone()[0] or 0
+
+    def _learn(self, scan: id_ranges.FilteredScan, where: Condition) -> None:
+        density = scan.density
+        if density is not None:
+            self._densities.put((where.sql, where.params), density)
+
     @staticmethod
     def _messages(db: peewee.Database, rows: Sequence[MessageRow]) -> list[tuple[int, bytes]]:
         """(id, stored bytes) of ``rows``; bytes are built from the columns for a row that has none.
@@ -368,3 +423,15 @@ class UserStore:
             for row in rows
             if row[1] is not None or row[0] in built
         ]
+
+
+def _framed(after: int, pieces: Sequence[Sequence[Any]]) -> FramedUsers:
+    """One FramedUsers of consecutive framed reads (count, last id, complete, frames), in id order."""
+    found = [piece for piece in pieces if piece[0]]
+    return FramedUsers(
+        b"".join(piece[3] or b"" for piece in found),
+        sum(piece[0] for piece in found),
+        after,
+        found[-1][1] or after if found else after,
+        all(piece[2] is not False for piece in found),
+    )
