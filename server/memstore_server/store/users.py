@@ -71,7 +71,8 @@ WHERE users.user_id = %s
 # error (the transaction is then rolled back). Row triggers fire as for any INSERT.
 # Filtered listings: the filter's condition (parameterised) goes where {} stands.
 _FILTERED_PAGE = "SELECT id, message FROM users WHERE id > %s AND {} ORDER BY id LIMIT %s"
-_FILTERED_THROUGH = "SELECT id, message FROM users WHERE id > %s AND id <= %s AND {} ORDER BY id"
+# Bounded by the ids of a page already found: walked by the primary key, never the whole GIN index.
+_FILTERED_THROUGH = "SELECT id, message FROM users WHERE id > %s AND id <= %s AND ({}) IS TRUE ORDER BY id"
 _COUNT = "SELECT count(*) FROM users WHERE {}"
 # The same pages, of the rows of one step of a filtered read (store/id_ranges.py).
 _STEP_PAGE = "SELECT id, message FROM ({}) AS step ORDER BY id LIMIT %s"
