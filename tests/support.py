@@ -30,6 +30,7 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server import lifecycle
 from memstore_server.app import ServerHandle, create_server
 from memstore_server.config import Settings
@@ -221,6 +222,24 @@ def eventually(produce: Callable[[], list[T]], seconds: float = 10.0) -> list[T]
 
 
 # ---------------------------------------------------------------- bulk data
+
+
+def filtered_listing(
+    users: users_pb2_grpc.UserServiceStub, text: str, limit: int, cursor: int = 0
+) -> list[users_pb2.User]:
+    """Every user ListUsers returns for the filter ``text``, page after page of ``limit``, checking
+    that each page's next_cursor is the id of its last user."""
+    found: list[users_pb2.User] = []
+    while True:
+        page = users.ListUsers(
+            users_pb2.ListUsersRequest(limit=limit, cursor=cursor, filter=text), timeout=TIMEOUT
+        )
+        found += page.users
+        if not page.next_cursor:
+            return found
+        assert page.users
+        assert page.next_cursor == page.users[-1].id
+        cursor = page.next_cursor
 
 
 def bulk_users(db: peewee.Database, count: int, *, pad: int = 0) -> list[int]:

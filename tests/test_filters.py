@@ -33,6 +33,7 @@ from tests.support import (
     bulk_users,
     details_of,
     expect_error,
+    filtered_listing,
     struct,
 )
 
@@ -359,17 +360,7 @@ def people(
 
 def listed(users: users_pb2_grpc.UserServiceStub, text: str, limit: int = 1000) -> list[str]:
     """Every user_id ListUsers returns for the filter ``text``, page after page."""
-    found, cursor = [], 0
-    while True:
-        page = users.ListUsers(
-            users_pb2.ListUsersRequest(limit=limit, cursor=cursor, filter=text), timeout=TIMEOUT
-        )
-        found += [user.user_id for user in page.users]
-        if not page.next_cursor:
-            return found
-        assert page.users
-        assert page.next_cursor == page.users[-1].id
-        cursor = page.next_cursor
+    return [user.user_id for user in filtered_listing(users, text, limit)]
 
 
 def streamed(users: users_pb2_grpc.UserServiceStub, text: str, chunk_size: int, cursor: int = 0) -> list[Any]:

@@ -33,7 +33,7 @@ from memstore_server.store.id_ranges import (
     Window,
 )
 
-from tests.support import TIMEOUT
+from tests.support import TIMEOUT, filtered_listing
 
 # ---------------------------------------------------------------- the steps, on their own
 
@@ -170,17 +170,8 @@ def matching(people: list[tuple[int, dict[str, Any]]], test: Any) -> list[int]:
     return [id_ for id_, metadata in people if test(metadata)]
 
 
-def listed_ids(users: users_pb2_grpc.UserServiceStub, text: str, limit: int, cursor: int = 0) -> list[int]:
-    found = []
-    while True:
-        page = users.ListUsers(
-            users_pb2.ListUsersRequest(limit=limit, cursor=cursor, filter=text), timeout=TIMEOUT
-        )
-        found += [user.id for user in page.users]
-        if not page.next_cursor:
-            return found
-        assert page.next_cursor == page.users[-1].id
-        cursor = page.next_cursor
+def listed_ids(users: users_pb2_grpc.UserServiceStub, text: str, limit: int) -> list[int]:
+    return [user.id for user in filtered_listing(users, text, limit)]
 
 
 def streamed_ids(
