@@ -2,8 +2,9 @@
 
 Reads return the users' stored serialized messages (see user_messages.py) as bytes
 and run SQL built once at import; responses are framed around them elsewhere
-(responses.py). Writes go through the Peewee models and store fresh bytes in the
-same transaction. Every method blocks: the server runs them on database threads.
+(responses.py). A write stores the user's fresh bytes with its columns, in the same
+statement (user_writes.py; a batch, in the same transaction). Every method blocks: the
+server runs them on database threads.
 Listings and streams run through ``reads`` (the read replica when there is one and
 it keeps up); GetUser and every write use the primary.
 """
@@ -22,7 +23,7 @@ from memstore_server.errors import AlreadyExists, user_not_found
 from memstore_server.filtering import Condition
 from memstore_server.models import User
 from memstore_server.replica import Reads
-from memstore_server.store import binary_copy, user_messages
+from memstore_server.store import binary_copy, user_messages, user_writes
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.pages import Page, split_page
 from memstore_server.store.prepared import Prepared
@@ -82,8 +83,6 @@ ORDER BY position
 ON CONFLICT (user_id) DO NOTHING
 RETURNING {USER_COLUMNS}
 """
-_TOUCH = peewee.SQL("GREATEST(clock_timestamp(), updated_at + interval '1 microsecond')")
-_RETURN_USER = peewee.SQL(USER_COLUMNS)
 
 
 def _exists(user_id: str, index: int) -> AlreadyExists:
@@ -165,12 +164,17 @@ class UserStore:
         self._reads = reads or Reads(db)
 
     def create(self, user_id: str, email: str, first_name: str, last_name: str, metadata: Metadata) -> bytes:
-        query = User.insert(
-            user_id=user_id, email=email, first_name=first_name, last_name=last_name, metadata=metadata.value
-        ).returning(_RETURN_USER)
+        """Create the user, row and stored message in one INSERT (user_writes.py); its stored bytes."""
         with connection(self._db) as db, db.atomic():
             try:
-                row = db.execute(query).fetchone()
+                return user_writes.create(
+                    db,
+                    user_id=user_id,
+                    email=email,
+                    first_name=first_name,
+                    last_name=last_name,
+                    metadata=metadata.json_text,
+                )
             except peewee.IntegrityError as error:
                 if violated_constraint(error) == "users_user_id_key":
                     raise AlreadyExists(
@@ -179,7 +183,6 @@ class UserStore:
                         metadata={"user_id": user_id},
                     ) from error
                 raise
-            return user_messages.save(db, row)
 
     def create_many(
         self,
@@ -236,31 +239,23 @@ class UserStore:
         return found
 
     def update(self, user_id: str, changes: UserChanges) -> bytes:
-        values: dict[Any, Any] = {User.updated_at: _TOUCH}
-        for field, value in (
-            (User.email, changes.email),
-            (User.first_name, changes.first_name),
-            (User.last_name, changes.last_name),
-        ):
-            if value is not None:
-                values[field] = value
-        if changes.metadata is not None:
-            if changes.replace_metadata:
-                values[User.metadata] = changes.metadata.value
-            else:
-                # Merged in the UPDATE itself: concurrent merges serialise on the row lock.
-                values[User.metadata] = peewee.SQL(
-                    "memstore_jsonb_merge(metadata, %s::jsonb)", (changes.metadata.json_text,)
-                )
-        query = User.update(values).where(User.user_id == user_id).returning(_RETURN_USER)
+        """Apply ``changes`` and store the new bytes in one UPDATE (user_writes.py); those bytes."""
+        change = user_writes.Change(
+            email=changes.email,
+            first_name=changes.first_name,
+            last_name=changes.last_name,
+            metadata=None if changes.metadata is None else changes.metadata.json_text,
+            replace_metadata=changes.replace_metadata,
+        )
         with connection(self._db) as db, db.atomic():
-            row = db.execute(query).fetchone()
-            if row is None:
+            # Merged under the row lock: concurrent merges into one user serialise on it.
+            pending = user_writes.lock(db, user_id, change)
+            if pending is None:
                 raise user_not_found(user_id)
             if changes.metadata is not None and not changes.replace_metadata:
                 # Only a merge makes a new object; an update leaving metadata alone never fails on it.
-                check_merged_metadata(row[6])  # rolls the update back when too large
-            return user_messages.save(db, row)
+                check_merged_metadata(pending.row[6])  # before anything is written
+            return user_writes.write(db, pending)
 
     def delete(self, user_id: str) -> None:
         """Delete the user; its sessions go in the same statement (ON DELETE CASCADE)."""
