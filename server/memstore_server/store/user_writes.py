@@ -18,6 +18,7 @@ as the jsonb text it printed).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -38,6 +39,24 @@ _INSERT = (
     "session_count, created_at, updated_at, message) OVERRIDING SYSTEM VALUE "
     "VALUES (%s, %s::uuid, %s, %s, %s, %s, %s::jsonb, 0, %s, %s, %s)"
 )
+# A batch: one creation time for all, ids taken in request order (nextval is evaluated
+# after the sort, as volatile select-list expressions are).
+_NEW_MANY = (
+    "SELECT nextval(pg_get_serial_sequence('users', 'id')), gen_random_uuid()::text, "
+    f"batch.metadata::jsonb, created, {micros('created')} "
+    "FROM statement_timestamp() AS created, unnest(%s::text[]) WITH ORDINALITY AS batch(metadata, position) "
+    "ORDER BY batch.position"
+)
+_INSERT_MANY = """
+INSERT INTO users (id, uuid, user_id, email, first_name, last_name, metadata,
+                   session_count, created_at, updated_at, message) OVERRIDING SYSTEM VALUE
+SELECT id, uuid, user_id, email, first_name, last_name, metadata::jsonb, 0, %s, %s, message
+FROM unnest(%s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[])
+    WITH ORDINALITY AS batch(id, uuid, user_id, email, first_name, last_name, metadata, message, position)
+ORDER BY position
+ON CONFLICT (user_id) DO NOTHING
+RETURNING user_id
+"""
 # The row as a change will leave it, locked. {metadata} and {updated_at} are the new
 # values' expressions, each written once in the select list: on a concurrent change
 # the row is re-read under the lock and they are evaluated again on it, as an UPDATE's
@@ -81,6 +100,43 @@ def create(
         _INSERT, (id_, uuid, user_id, email, first_name, last_name, metadata, created, created, message)
     )
     return message
+
+
+def create_many(db: peewee.Database, columns: Sequence[Sequence[str]]) -> dict[str, bytes]:
+    """Insert, in request order and each with its stored message, the users of ``columns``
+    (user_ids, emails, first names, last names, metadata JSON texts) that do not exist yet;
+    the messages of those inserted, by user_id.
+
+    Existing users are left alone (ON CONFLICT DO NOTHING, their ids and uuids unused);
+    the caller decides whether one is an error and then rolls the transaction back.
+    """
+    user_ids, emails, first_names, last_names, metadata = columns
+    new = db.execute_sql(_NEW_MANY, (list(metadata),)).fetchall()
+    rows = [
+        (id_, uuid, user_id, email, first_name, last_name, stored_metadata, 0, at, at)
+        for (id_, uuid, stored_metadata, _, at), user_id, email, first_name, last_name in zip(
+            new, user_ids, emails, first_names, last_names, strict=True
+        )
+    ]
+    messages = [user_messages.serialize(row) for row in rows]
+    created = new[0][3] if new else None
+    inserted = db.execute_sql(
+        _INSERT_MANY,
+        (
+            created,
+            created,
+            [row[0] for row in rows],
+            [row[1] for row in rows],
+            list(user_ids),
+            list(emails),
+            list(first_names),
+            list(last_names),
+            list(metadata),
+            messages,
+        ),
+    ).fetchall()
+    by_user_id = dict(zip(user_ids, messages, strict=True))
+    return {user_id: by_user_id[user_id] for (user_id,) in inserted}
 
 
 @dataclass(frozen=True)

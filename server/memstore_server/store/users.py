@@ -27,7 +27,7 @@ from memstore_server.store import binary_copy, user_messages, user_writes
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.pages import Page, split_page
 from memstore_server.store.prepared import Prepared
-from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, fill_session
+from memstore_server.store.rows import SESSION_COLUMNS, fill_session
 from memstore_server.validation import Metadata, check_merged_metadata
 
 _GET_MESSAGES = Prepared(
@@ -67,22 +67,10 @@ LEFT JOIN LATERAL (
 ) AS page ON true
 WHERE users.user_id = %s
 """
-# Many users in one statement, in request order. ON CONFLICT DO NOTHING leaves existing users
-# alone and returns only the rows it inserted; the caller decides whether a skipped one is an
-# error (the transaction is then rolled back). Row triggers fire as for any INSERT.
 # Filtered listings: the filter's condition (parameterised) goes where {} stands.
 _FILTERED_PAGE = "SELECT id, message FROM users WHERE id > %s AND {} ORDER BY id LIMIT %s"
 _FILTERED_THROUGH = "SELECT id, message FROM users WHERE id > %s AND id <= %s AND {} ORDER BY id"
 _COUNT = "SELECT count(*) FROM users WHERE {}"
-_CREATE_MANY = f"""
-INSERT INTO users (user_id, email, first_name, last_name, metadata)
-SELECT user_id, email, first_name, last_name, metadata::jsonb
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY
-    AS batch(user_id, email, first_name, last_name, metadata, position)
-ORDER BY position
-ON CONFLICT (user_id) DO NOTHING
-RETURNING {USER_COLUMNS}
-"""
 
 
 def _exists(user_id: str, index: int) -> AlreadyExists:
@@ -211,16 +199,14 @@ class UserStore:
             [user.metadata.json_text for user in distinct],
         )
         with connection(self._db) as db, db.atomic():
-            rows = {row[2]: row for row in db.execute_sql(_CREATE_MANY, columns).fetchall()}
-            existing = [first_index[user.user_id] for user in distinct if user.user_id not in rows]
+            created = user_writes.create_many(db, columns)
+            existing = [first_index[user.user_id] for user in distinct if user.user_id not in created]
             if repeated or (existing and not skip_existing):
                 first = min(repeated + ([] if skip_existing else existing))
                 if first in repeated:
                     raise _twice_in_batch(users, first, first_index)
                 raise _exists(users[first].user_id, first)
-            messages = user_messages.save_many(
-                db, [rows[user.user_id] for user in distinct if user.user_id in rows]
-            )
+            messages = [created[user.user_id] for user in distinct if user.user_id in created]
             check_result(messages)
             return messages
 
