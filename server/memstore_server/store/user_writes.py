@@ -91,7 +91,9 @@ def create(
 ) -> bytes:
     """Insert a user (``metadata`` as JSON text) with its stored message; the message.
 
-    The caller maps a unique violation on ``user_id`` to AlreadyExists, as for any INSERT.
+    Needs no transaction around it: the SELECT writes nothing a rollback would undo (a
+    sequence value is never given back), and the INSERT is one statement. The caller maps
+    a unique violation on ``user_id`` to AlreadyExists, as for any INSERT.
     """
     id_, uuid, stored_metadata, created, at = db.execute_sql(_NEW, (metadata,)).fetchone()
     row = (id_, uuid, user_id, email, first_name, last_name, stored_metadata, 0, at, at)
