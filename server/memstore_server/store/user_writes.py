@@ -151,8 +151,9 @@ class Change:
     # JSON text of the new metadata, or of the patch merged into it (see replace_metadata).
     metadata: str | None = None
     replace_metadata: bool = False
-    # Moves session_count; a change of sessions only leaves updated_at alone.
+    # Added to session_count.
     sessions: int = 0
+    # Whether updated_at moves: not when only the session count does.
     touch: bool = True
 
 
