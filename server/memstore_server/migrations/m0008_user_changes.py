@@ -10,10 +10,11 @@ message), so a change read later still carries the state it made.
   sequence order, and only snapshots tell which of them a reader may have missed.
 - ``sequence`` orders the changes of one user: two transactions changing one user
   serialise on its row lock, so the later committer's trigger takes the higher value.
-- One row per transaction and user row (the primary key): the serving code writes a
-  user twice in one transaction (the row, then its stored message; a counter, then
-  the message), and the second write replaces the first record, keeping the newest
-  state, the newest sequence and, for a user created in that transaction, CREATED.
+- One row per transaction and user row (the primary key): when a transaction writes a
+  user more than once (the serving code wrote the row, then its stored message, until
+  store/user_writes.py made each change one write; refill and hand-written SQL still
+  may), the later write replaces the first record, keeping the newest state, the
+  newest sequence and, for a user created in that transaction, CREATED.
   An UPDATE that leaves the stored message as it was (a counter moved before the
   message is stored again) records nothing, unless the row has no stored message,
   when its columns are what GetUser returns.

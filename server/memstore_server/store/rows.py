@@ -12,18 +12,18 @@ from typing import Any
 from memstore.v1 import sessions_pb2, users_pb2
 
 
-def _micros(column: str) -> str:
-    # extract(epoch ...) is numeric (exact) since PostgreSQL 14.
+def micros(column: str) -> str:
+    """SQL for a timestamp as epoch microseconds, exact: extract(epoch ...) is numeric since PostgreSQL 14."""
     return f"(extract(epoch FROM {column}) * 1000000)::bigint"
 
 
 USER_COLUMNS = (
     "id, uuid::text, user_id, email, first_name, last_name, metadata, session_count, "
-    f"{_micros('created_at')}, {_micros('updated_at')}"
+    f"{micros('created_at')}, {micros('updated_at')}"
 )
 SESSION_COLUMNS = (
     "id, uuid::text, session_id, coalesce(user_id, ''), metadata, "
-    f"{_micros('created_at')}, {_micros('updated_at')}"
+    f"{micros('created_at')}, {micros('updated_at')}"
 )
 
 Row = Sequence[Any]

@@ -15,12 +15,12 @@ from memstore.v1 import sessions_pb2
 from memstore_server.database import connection
 from memstore_server.errors import AlreadyExists, session_not_found, user_not_found
 from memstore_server.filtering import Condition
-from memstore_server.models import Session, User
+from memstore_server.models import Session
 from memstore_server.replica import Reads
-from memstore_server.store import user_messages
+from memstore_server.store import user_writes
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.pages import Page, split_page
-from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, fill_session
+from memstore_server.store.rows import SESSION_COLUMNS, fill_session
 from memstore_server.validation import Metadata, check_merged_metadata
 
 _GET_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = %s"
@@ -36,10 +36,11 @@ _FILTERED_USER_SESSIONS = (
 _COUNT = "SELECT count(*) FROM sessions WHERE {}"
 _USER_EXISTS = "SELECT 1 FROM users WHERE user_id = %s"
 _SESSION_OWNER = "SELECT user_id FROM sessions WHERE session_id = %s"
-_LOCK_USER = "SELECT 1 FROM users WHERE user_id = %s FOR UPDATE"
 _TOUCH = peewee.SQL("GREATEST(clock_timestamp(), updated_at + interval '1 microsecond')")
 _RETURN_SESSION = peewee.SQL(SESSION_COLUMNS)
-_RETURN_USER = peewee.SQL(USER_COLUMNS)
+# A session's creation or deletion moves its user's counter (and stored message), not updated_at.
+_ONE_MORE = user_writes.Change(sessions=1, touch=False)
+_ONE_LESS = user_writes.Change(sessions=-1, touch=False)
 # A session deleted and re-created under another user between our read of its
 # owner and our lock makes us start over; this bounds how often.
 _DELETE_ATTEMPTS = 5
@@ -58,14 +59,10 @@ class SessionStore:
         ).returning(_RETURN_SESSION)
         with connection(self._db) as db, db.atomic():
             if user_id:
-                counted = db.execute(
-                    User.update(session_count=User.session_count + 1)
-                    .where(User.user_id == user_id)
-                    .returning(_RETURN_USER)
-                ).fetchone()
+                counted = user_writes.lock(db, user_id, _ONE_MORE)
                 if counted is None:
                     raise user_not_found(user_id)
-                user_messages.save(db, counted)
+                user_writes.write(db, counted)
             try:
                 row = db.execute(insert).fetchone()
             except peewee.IntegrityError as error:
@@ -111,8 +108,8 @@ class SessionStore:
                     raise session_not_found(session_id)
                 owner = owner_row[0]
                 with db.atomic():
-                    if owner is not None:
-                        db.execute_sql(_LOCK_USER, (owner,))
+                    # Locks the owner; its counter is written only if the session goes.
+                    counted = None if owner is None else user_writes.lock(db, owner, _ONE_LESS)
                     deleted = db.execute(
                         Session.delete().where(
                             (Session.session_id == session_id)
@@ -120,13 +117,8 @@ class SessionStore:
                         )
                     )
                     if deleted.rowcount == 1:
-                        if owner is not None:
-                            counted = db.execute(
-                                User.update(session_count=User.session_count - 1)
-                                .where(User.user_id == owner)
-                                .returning(_RETURN_USER)
-                            ).fetchone()
-                            user_messages.save(db, counted)
+                        if counted is not None:
+                            user_writes.write(db, counted)
                         return
             raise session_not_found(session_id)
 

@@ -2,8 +2,9 @@
 
 The read paths (GetUser, ListUsers, ListUsersChunked) send these bytes as they are,
 which makes them several times faster than building messages per call. The cost is
-a duty: every statement that changes a user row must store new bytes in the same
-transaction, through ``save``. A test compares the stored bytes with a freshly
+a duty: every statement that changes a user row must store new bytes with it; the
+serving code's writes do so in the same statement (user_writes.py), anything else in
+the same transaction, through ``save``. A test compares the stored bytes with a freshly
 built message after every kind of change; migrations that change what a User
 holds must refill them (``refill``).
 """

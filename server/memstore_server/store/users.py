@@ -2,8 +2,9 @@
 
 Reads return the users' stored serialized messages (see user_messages.py) as bytes
 and run SQL built once at import; responses are framed around them elsewhere
-(responses.py). Writes go through the Peewee models and store fresh bytes in the
-same transaction. Every method blocks: the server runs them on database threads.
+(responses.py). A write stores the user's fresh bytes with its columns, in the same
+statement (user_writes.py; a batch, in the same transaction). Every method blocks: the
+server runs them on database threads.
 Listings and streams run through ``reads`` (the read replica when there is one and
 it keeps up); GetUser and every write use the primary.
 """
@@ -22,11 +23,11 @@ from memstore_server.errors import AlreadyExists, user_not_found
 from memstore_server.filtering import Condition
 from memstore_server.models import User
 from memstore_server.replica import Reads
-from memstore_server.store import binary_copy, id_ranges, user_messages
+from memstore_server.store import binary_copy, id_ranges, user_messages, user_writes
 from memstore_server.store.errors import violated_constraint
 from memstore_server.store.pages import Page, split_page
 from memstore_server.store.prepared import Prepared
-from memstore_server.store.rows import SESSION_COLUMNS, USER_COLUMNS, fill_session
+from memstore_server.store.rows import SESSION_COLUMNS, fill_session
 from memstore_server.validation import Metadata, check_merged_metadata
 
 _GET_MESSAGES = Prepared(
@@ -66,9 +67,6 @@ LEFT JOIN LATERAL (
 ) AS page ON true
 WHERE users.user_id = %s
 """
-# Many users in one statement, in request order. ON CONFLICT DO NOTHING leaves existing users
-# alone and returns only the rows it inserted; the caller decides whether a skipped one is an
-# error (the transaction is then rolled back). Row triggers fire as for any INSERT.
 # Filtered listings: the filter's condition (parameterised) goes where {} stands.
 _FILTERED_PAGE = "SELECT id, message FROM users WHERE id > %s AND {} ORDER BY id LIMIT %s"
 # Bounded by the ids of a page already found: walked by the primary key, never the whole GIN index.
@@ -78,17 +76,6 @@ _COUNT = "SELECT count(*) FROM users WHERE {}"
 _STEP_PAGE = "SELECT id, message FROM ({}) AS step ORDER BY id LIMIT %s"
 _STEP_FRAMED_PAGE = _FRAMED_PAGE_OF.replace("FROM users WHERE id > %s{}", "FROM ({}) AS step")
 _LAST_ID = "SELECT max(id) FROM users"
-_CREATE_MANY = f"""
-INSERT INTO users (user_id, email, first_name, last_name, metadata)
-SELECT user_id, email, first_name, last_name, metadata::jsonb
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY
-    AS batch(user_id, email, first_name, last_name, metadata, position)
-ORDER BY position
-ON CONFLICT (user_id) DO NOTHING
-RETURNING {USER_COLUMNS}
-"""
-_TOUCH = peewee.SQL("GREATEST(clock_timestamp(), updated_at + interval '1 microsecond')")
-_RETURN_USER = peewee.SQL(USER_COLUMNS)
 
 
 def _exists(user_id: str, index: int) -> AlreadyExists:
@@ -171,12 +158,21 @@ class UserStore:
         self._densities = id_ranges.Densities()
 
     def create(self, user_id: str, email: str, first_name: str, last_name: str, metadata: Metadata) -> bytes:
-        query = User.insert(
-            user_id=user_id, email=email, first_name=first_name, last_name=last_name, metadata=metadata.value
-        ).returning(_RETURN_USER)
-        with connection(self._db) as db, db.atomic():
+        """Create the user, row and stored message in one INSERT (user_writes.py); its stored bytes.
+
+        No explicit transaction: the INSERT is atomic by itself, so BEGIN and COMMIT would
+        only add two round trips, each a wait for PostgreSQL on a busy machine.
+        """
+        with connection(self._db) as db:
             try:
-                row = db.execute(query).fetchone()
+                return user_writes.create(
+                    db,
+                    user_id=user_id,
+                    email=email,
+                    first_name=first_name,
+                    last_name=last_name,
+                    metadata=metadata.json_text,
+                )
             except peewee.IntegrityError as error:
                 if violated_constraint(error) == "users_user_id_key":
                     raise AlreadyExists(
@@ -185,7 +181,6 @@ class UserStore:
                         metadata={"user_id": user_id},
                     ) from error
                 raise
-            return user_messages.save(db, row)
 
     def create_many(
         self,
@@ -214,16 +209,14 @@ class UserStore:
             [user.metadata.json_text for user in distinct],
         )
         with connection(self._db) as db, db.atomic():
-            rows = {row[2]: row for row in db.execute_sql(_CREATE_MANY, columns).fetchall()}
-            existing = [first_index[user.user_id] for user in distinct if user.user_id not in rows]
+            created = user_writes.create_many(db, columns)
+            existing = [first_index[user.user_id] for user in distinct if user.user_id not in created]
             if repeated or (existing and not skip_existing):
                 first = min(repeated + ([] if skip_existing else existing))
                 if first in repeated:
                     raise _twice_in_batch(users, first, first_index)
                 raise _exists(users[first].user_id, first)
-            messages = user_messages.save_many(
-                db, [rows[user.user_id] for user in distinct if user.user_id in rows]
-            )
+            messages = [created[user.user_id] for user in distinct if user.user_id in created]
             check_result(messages)
             return messages
 
@@ -242,31 +235,23 @@ class UserStore:
         return found
 
     def update(self, user_id: str, changes: UserChanges) -> bytes:
-        values: dict[Any, Any] = {User.updated_at: _TOUCH}
-        for field, value in (
-            (User.email, changes.email),
-            (User.first_name, changes.first_name),
-            (User.last_name, changes.last_name),
-        ):
-            if value is not None:
-                values[field] = value
-        if changes.metadata is not None:
-            if changes.replace_metadata:
-                values[User.metadata] = changes.metadata.value
-            else:
-                # Merged in the UPDATE itself: concurrent merges serialise on the row lock.
-                values[User.metadata] = peewee.SQL(
-                    "memstore_jsonb_merge(metadata, %s::jsonb)", (changes.metadata.json_text,)
-                )
-        query = User.update(values).where(User.user_id == user_id).returning(_RETURN_USER)
+        """Apply ``changes`` and store the new bytes in one UPDATE (user_writes.py); those bytes."""
+        change = user_writes.Change(
+            email=changes.email,
+            first_name=changes.first_name,
+            last_name=changes.last_name,
+            metadata=None if changes.metadata is None else changes.metadata.json_text,
+            replace_metadata=changes.replace_metadata,
+        )
         with connection(self._db) as db, db.atomic():
-            row = db.execute(query).fetchone()
-            if row is None:
+            # Merged under the row lock: concurrent merges into one user serialise on it.
+            pending = user_writes.lock(db, user_id, change)
+            if pending is None:
                 raise user_not_found(user_id)
             if changes.metadata is not None and not changes.replace_metadata:
                 # Only a merge makes a new object; an update leaving metadata alone never fails on it.
-                check_merged_metadata(row[6])  # rolls the update back when too large
-            return user_messages.save(db, row)
+                check_merged_metadata(pending.row[6])  # before anything is written
+            return user_writes.write(db, pending)
 
     def delete(self, user_id: str) -> None:
         """Delete the user; its sessions go in the same statement (ON DELETE CASCADE)."""
