@@ -147,12 +147,19 @@ def create_server(
     table.add_service(
         USER_SERVICE,
         UserServicer(
-            UserStore(db, reads), blocking, max_message_bytes=settings.max_message_bytes, watch=watch
+            UserStore(db, reads, on_commit=feed.announcer.committed),
+            blocking,
+            max_message_bytes=settings.max_message_bytes,
+            watch=watch,
         ),
     )
     table.add_service(
         SESSION_SERVICE,
-        SessionServicer(SessionStore(db, reads), blocking, max_message_bytes=settings.max_message_bytes),
+        SessionServicer(
+            SessionStore(db, reads, on_commit=feed.announcer.committed),
+            blocking,
+            max_message_bytes=settings.max_message_bytes,
+        ),
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, table)

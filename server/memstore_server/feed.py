@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from memstore_server.blocking import Blocking
 from memstore_server.errors import ServiceError, Unavailable
 from memstore_server.store.changes import ChangeBatch, ChangeStore, FeedState, Position
-from memstore_server.wakeups import ChangeListener
+from memstore_server.wakeups import ChangeAnnouncer, ChangeListener
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class ChangeFeed:
         self._run = run
         self._retention = retention
         self._listener = ChangeListener(store.db, self._wake_up) if listen else None
+        # The stores call announcer.committed after each change to users (wakeups.py).
+        self.announcer = ChangeAnnouncer(store.db)
         self._feed_id_read: asyncio.Future[FeedState] | None = None
         self._head: Position | None = None
         self._kept: deque[ChangeBatch] = deque()
@@ -97,6 +99,7 @@ class ChangeFeed:
         self._tasks = []
         if self._listener is not None:
             await self._listener.stop()
+        await self.announcer.close()
 
     def _wake_up(self) -> None:
         if self._wake is not None:

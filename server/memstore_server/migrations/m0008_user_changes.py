@@ -20,8 +20,9 @@ message), so a change read later still carries the state it made.
   when its columns are what GetUser returns.
 - ``commit_time`` is ``clock_timestamp()`` at the trigger: PostgreSQL offers no commit
   time to a trigger, and this is the latest moment inside the transaction.
-- A statement trigger on ``user_changes`` sends ``NOTIFY memstore_user_changes`` (one per
-  transaction: PostgreSQL folds repeats), delivered at commit, to wake readers.
+- A statement trigger on ``user_changes`` sent ``NOTIFY memstore_user_changes`` (one per
+  transaction: PostgreSQL folds repeats), delivered at commit, to wake readers; migration 10
+  moved the NOTIFY out of the writing transaction, into the server.
 - ``user_changes_horizon`` has one row: the feed's identity (tokens of another database
   are refused) and the xid below which changes may have been pruned (older tokens have
   expired).

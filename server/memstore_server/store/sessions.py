@@ -7,6 +7,7 @@ counter locks the user row first and the session row second.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import peewee
@@ -49,9 +50,13 @@ _DELETE_ATTEMPTS = 5
 class SessionStore:
     """Sessions; ListSessions reads through ``reads`` (the read replica when usable), the rest the primary."""
 
-    def __init__(self, db: peewee.Database, reads: Reads | None = None) -> None:
+    def __init__(
+        self, db: peewee.Database, reads: Reads | None = None, *, on_commit: Callable[[], None] = lambda: None
+    ) -> None:
         self._db = db
         self._reads = reads or Reads(db)
+        # Called after a change to a user (its session count) commits: the change feed's wake-up.
+        self._on_commit = on_commit
 
     def create(self, session_id: str, user_id: str, metadata: Metadata) -> sessions_pb2.Session:
         insert = Session.insert(
@@ -73,6 +78,8 @@ class SessionStore:
                         metadata={"session_id": session_id},
                     ) from error
                 raise
+        if user_id:
+            self._on_commit()
         return fill_session(sessions_pb2.Session(), row)
 
     def get(self, session_id: str) -> sessions_pb2.Session:
@@ -116,10 +123,13 @@ class SessionStore:
                             & (Session.user.is_null() if owner is None else Session.user == owner)
                         )
                     )
-                    if deleted.rowcount == 1:
-                        if counted is not None:
-                            user_writes.write(db, counted)
-                        return
+                    gone = deleted.rowcount == 1
+                    if gone and counted is not None:
+                        user_writes.write(db, counted)
+                if gone:
+                    if owner is not None:
+                        self._on_commit()
+                    return
             raise session_not_found(session_id)
 
     def page(

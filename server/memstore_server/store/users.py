@@ -152,10 +152,14 @@ class FramedUsers:
 class UserStore:
     """Returns users as their serialized ``memstore.v1.User`` bytes."""
 
-    def __init__(self, db: peewee.Database, reads: Reads | None = None) -> None:
+    def __init__(
+        self, db: peewee.Database, reads: Reads | None = None, *, on_commit: Callable[[], None] = lambda: None
+    ) -> None:
         self._db = db
         self._reads = reads or Reads(db)
         self._densities = id_ranges.Densities()
+        # Called after each change to a user commits: the change feed's wake-up (wakeups.py).
+        self._on_commit = on_commit
 
     def create(self, user_id: str, email: str, first_name: str, last_name: str, metadata: Metadata) -> bytes:
         """Create the user, row and stored message in one INSERT (user_writes.py); its stored bytes.
@@ -165,7 +169,7 @@ class UserStore:
         """
         with connection(self._db) as db:
             try:
-                return user_writes.create(
+                created = user_writes.create(
                     db,
                     user_id=user_id,
                     email=email,
@@ -181,6 +185,8 @@ class UserStore:
                         metadata={"user_id": user_id},
                     ) from error
                 raise
+        self._on_commit()
+        return created
 
     def create_many(
         self,
@@ -218,7 +224,9 @@ class UserStore:
                 raise _exists(users[first].user_id, first)
             messages = [created[user.user_id] for user in distinct if user.user_id in created]
             check_result(messages)
-            return messages
+        if messages:
+            self._on_commit()
+        return messages
 
     def get_many(self, user_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored users among ``user_ids``, by user_id; ids with no user are left out."""
@@ -251,7 +259,9 @@ class UserStore:
             if changes.metadata is not None and not changes.replace_metadata:
                 # Only a merge makes a new object; an update leaving metadata alone never fails on it.
                 check_merged_metadata(pending.row[6])  # before anything is written
-            return user_writes.write(db, pending)
+            updated = user_writes.write(db, pending)
+        self._on_commit()
+        return updated
 
     def delete(self, user_id: str) -> None:
         """Delete the user; its sessions go in the same statement (ON DELETE CASCADE)."""
@@ -259,6 +269,7 @@ class UserStore:
             cursor = db.execute(User.delete().where(User.user_id == user_id))
             if cursor.rowcount == 0:
                 raise user_not_found(user_id)
+        self._on_commit()
 
     def page(self, after: int, limit: int, where: Condition | None = None) -> Page[bytes]:
         """Up to ``limit`` users after the id ``after`` (only those matching ``where``, if given)."""
