@@ -9,7 +9,7 @@ migration leaves the schema as it was.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import peewee
@@ -29,6 +29,16 @@ class Migration:
     version: int
     name: str
     apply: Callable[[peewee.Database], None]
+
+
+def run_in_order(statements: Sequence[str]) -> Callable[[peewee.Database], None]:
+    """The ``apply`` of a migration that is only SQL statements, run one after another."""
+
+    def apply(db: peewee.Database) -> None:
+        for statement in statements:
+            db.execute_sql(statement)
+
+    return apply
 
 
 def _all_migrations() -> tuple[Migration, ...]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import peewee
-
-from memstore_server.migrations import Migration
+from memstore_server.migrations import Migration, run_in_order
 
 STATEMENTS = (
     """
@@ -70,9 +68,4 @@ STATEMENTS = (
 )
 
 
-def apply(db: peewee.Database) -> None:
-    for statement in STATEMENTS:
-        db.execute_sql(statement)
-
-
-MIGRATION = Migration(version=1, name="initial", apply=apply)
+MIGRATION = Migration(version=1, name="initial", apply=run_in_order(STATEMENTS))

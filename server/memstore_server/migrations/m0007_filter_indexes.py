@@ -14,9 +14,7 @@ tables are locked against writes while it runs: seconds per million users here.
 
 from __future__ import annotations
 
-import peewee
-
-from memstore_server.migrations import Migration
+from memstore_server.migrations import Migration, run_in_order
 
 STATEMENTS = (
     'CREATE INDEX users_email_lower_idx ON users ((lower(email) COLLATE "C"))',
@@ -29,9 +27,4 @@ STATEMENTS = (
 )
 
 
-def apply(db: peewee.Database) -> None:
-    for statement in STATEMENTS:
-        db.execute_sql(statement)
-
-
-MIGRATION = Migration(version=7, name="filter_indexes", apply=apply)
+MIGRATION = Migration(version=7, name="filter_indexes", apply=run_in_order(STATEMENTS))

@@ -30,9 +30,7 @@ message), so a change read later still carries the state it made.
 
 from __future__ import annotations
 
-import peewee
-
-from memstore_server.migrations import Migration
+from memstore_server.migrations import Migration, run_in_order
 
 STATEMENTS = (
     """
@@ -105,9 +103,4 @@ STATEMENTS = (
 )
 
 
-def apply(db: peewee.Database) -> None:
-    for statement in STATEMENTS:
-        db.execute_sql(statement)
-
-
-MIGRATION = Migration(version=8, name="user_changes", apply=apply)
+MIGRATION = Migration(version=8, name="user_changes", apply=run_in_order(STATEMENTS))

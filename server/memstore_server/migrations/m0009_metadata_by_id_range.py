@@ -21,9 +21,7 @@ expression then matches the index's, and rechecking a row costs no function call
 
 from __future__ import annotations
 
-import peewee
-
-from memstore_server.migrations import Migration
+from memstore_server.migrations import Migration, run_in_order
 
 # Keep in step with store/id_ranges.py's RANGE_BITS.
 STATEMENTS = (
@@ -37,9 +35,4 @@ STATEMENTS = (
 )
 
 
-def apply(db: peewee.Database) -> None:
-    for statement in STATEMENTS:
-        db.execute_sql(statement)
-
-
-MIGRATION = Migration(version=9, name="metadata_by_id_range", apply=apply)
+MIGRATION = Migration(version=9, name="metadata_by_id_range", apply=run_in_order(STATEMENTS))

@@ -15,9 +15,7 @@ reads them at its next tick, within the watch heartbeat.
 
 from __future__ import annotations
 
-import peewee
-
-from memstore_server.migrations import Migration
+from memstore_server.migrations import Migration, run_in_order
 
 STATEMENTS = (
     "DROP TRIGGER user_changes_notify ON user_changes",
@@ -25,9 +23,4 @@ STATEMENTS = (
 )
 
 
-def apply(db: peewee.Database) -> None:
-    for statement in STATEMENTS:
-        db.execute_sql(statement)
-
-
-MIGRATION = Migration(version=10, name="notify_after_commit", apply=apply)
+MIGRATION = Migration(version=10, name="notify_after_commit", apply=run_in_order(STATEMENTS))
