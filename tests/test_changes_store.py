@@ -17,7 +17,8 @@ from memstore.v1 import users_pb2
 from memstore_server.errors import FailedPrecondition
 from memstore_server.store.changes import ChangeBatch, ChangeStore, Position, Snapshot
 from memstore_server.store.sessions import SessionStore
-from memstore_server.store.users import UserChanges, UserStore
+from memstore_server.store.user_writes import Change
+from memstore_server.store.users import UserStore
 from memstore_server.validation import Metadata
 
 from tests.support import unique, wait_for
@@ -93,7 +94,7 @@ def test_each_write_is_one_change_carrying_what_get_user_returns(
     start = now(changes)
     user_id = unique("u")
     created = user_store.create(user_id, "a@example.com", "A", "B", EMPTY)
-    updated = user_store.update(user_id, UserChanges(first_name="C"))
+    updated = user_store.update(user_id, Change(first_name="C"))
     session_id = unique("s")
     sessions.create(session_id, user_id, EMPTY)
     counted = user_store.get(user_id)
@@ -290,7 +291,7 @@ def test_the_initial_listing_and_its_snapshot_agree(changes: ChangeStore, user_s
     listing.open()
     try:
         user_store.create(during, "", "", "", EMPTY)
-        user_store.update(before, UserChanges(first_name="after the snapshot"))
+        user_store.update(before, Change(first_name="after the snapshot"))
         listed, after = [], 0
         while True:
             ids, users = listing.page(after, 500)

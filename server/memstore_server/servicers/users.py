@@ -18,7 +18,8 @@ from memstore_server.blocking import Blocking
 from memstore_server.coalescing import PointReads
 from memstore_server.errors import FieldViolation, InvalidArgument, user_not_found
 from memstore_server.filtering import USERS, Condition
-from memstore_server.store.users import FramedUsers, NewUser, UserChanges, UserStore
+from memstore_server.store.user_writes import Change
+from memstore_server.store.users import FramedUsers, NewUser, UserStore
 from memstore_server.validation import RequestChecker
 from memstore_server.watching import Watch, WatchRequest
 
@@ -104,21 +105,22 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         first_name = check.name("first_name", request.first_name)
         last_name = check.name("last_name", request.last_name)
         metadata = check.metadata("metadata", request.metadata)
+        metadata_json = None if metadata is None else metadata.json_text
         if request.HasField("update_mask"):
             masked = check.update_mask("update_mask", request.update_mask, _UPDATABLE_USER_FIELDS)
-            changes = UserChanges(
+            changes = Change(
                 email=email if "email" in masked else None,
                 first_name=first_name if "first_name" in masked else None,
                 last_name=last_name if "last_name" in masked else None,
-                metadata=metadata if "metadata" in masked else None,
+                metadata=metadata_json if "metadata" in masked else None,
                 replace_metadata=True,
             )
         else:
-            changes = UserChanges(
+            changes = Change(
                 email=email if request.HasField("email") else None,
                 first_name=first_name if request.HasField("first_name") else None,
                 last_name=last_name if request.HasField("last_name") else None,
-                metadata=metadata if request.HasField("metadata") else None,
+                metadata=metadata_json if request.HasField("metadata") else None,
             )
         check.raise_if_any()
         return responses.updated_user(await self._run(self._store.update, user_id, changes))

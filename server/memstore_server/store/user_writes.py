@@ -143,7 +143,7 @@ def create_many(db: peewee.Database, columns: Sequence[Sequence[str]]) -> dict[s
 
 @dataclass(frozen=True)
 class Change:
-    """What a change sets; None leaves a column as stored."""
+    """What a change to a user sets (UpdateUser, a session count move); None leaves a column as stored."""
 
     email: str | None = None
     first_name: str | None = None

@@ -112,18 +112,6 @@ class NewUser:
 
 
 @dataclass(frozen=True)
-class UserChanges:
-    """What an update sets; None means: leave as stored."""
-
-    email: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    metadata: Metadata | None = None
-    # True: metadata replaces the stored object; False: it is deep-merged into it.
-    replace_metadata: bool = False
-
-
-@dataclass(frozen=True)
 class KeysetPage:
     """Users in id order: their ids and their stored messages, side by side."""
 
@@ -242,21 +230,14 @@ class UserStore:
             raise user_not_found(user_id)
         return found
 
-    def update(self, user_id: str, changes: UserChanges) -> bytes:
-        """Apply ``changes`` and store the new bytes in one UPDATE (user_writes.py); those bytes."""
-        change = user_writes.Change(
-            email=changes.email,
-            first_name=changes.first_name,
-            last_name=changes.last_name,
-            metadata=None if changes.metadata is None else changes.metadata.json_text,
-            replace_metadata=changes.replace_metadata,
-        )
+    def update(self, user_id: str, change: user_writes.Change) -> bytes:
+        """Apply ``change`` and store the new bytes in one UPDATE (user_writes.py); those bytes."""
         with connection(self._db) as db, db.atomic():
             # Merged under the row lock: concurrent merges into one user serialise on it.
             pending = user_writes.lock(db, user_id, change)
             if pending is None:
                 raise user_not_found(user_id)
-            if changes.metadata is not None and not changes.replace_metadata:
+            if change.metadata is not None and not change.replace_metadata:
                 # Only a merge makes a new object; an update leaving metadata alone never fails on it.
                 check_merged_metadata(pending.row[6])  # before anything is written
             updated = user_writes.write(db, pending)
