@@ -6,6 +6,7 @@ into a queue (Watcher) so a test waits for conditions, never for time.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import queue
@@ -22,9 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
 from memstore_server import resume_tokens
+from memstore_server.blocking import Blocking
 from memstore_server.config import Settings
 from memstore_server.database import open_database
+from memstore_server.feed import ChangeFeed
 from memstore_server.store.changes import ChangeStore, Position, Snapshot
+from memstore_server.timeouts import timeout
 
 from tests.support import RunningServer, bulk_users, details_of, unique, wait_for
 
@@ -554,3 +558,23 @@ def test_watching_without_a_database_is_unavailable() -> None:
                 assert details.reason == "DATABASE_UNAVAILABLE"
     finally:
         server.stop()
+
+
+def test_the_feed_stops_when_a_wake_up_comes_in_the_same_turn_as_the_stop(db: peewee.Database) -> None:
+    """A wake-up arriving with stop() must not keep the reader running: asyncio.wait_for
+    returned the wake-up and lost the cancellation, and shutting down hung for good."""
+
+    async def wake_up_then_stop() -> None:
+        blocking = Blocking(threads=2, queue_timeout=10)
+        feed = ChangeFeed(ChangeStore(db), blocking, heartbeat=5.0, retention=3600.0, listen=False)
+        try:
+            async with feed.watching():
+                await feed.fresh_head()  # the reader has read, and waits for its next tick
+                feed._wake_up()  # what the LISTEN connection calls on a NOTIFY
+                async with timeout(10):  # a stop takes milliseconds; it hung forever
+                    await feed.stop()
+        finally:
+            blocking.shutdown()
+
+    for _ in range(3):
+        asyncio.run(wake_up_then_stop())

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from memstore_server.blocking import Blocking
 from memstore_server.errors import ServiceError, Unavailable
 from memstore_server.store.changes import ChangeBatch, ChangeStore, FeedState, Position
+from memstore_server.timeouts import timeout
 from memstore_server.wakeups import ChangeAnnouncer, ChangeListener
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,8 @@ class ChangeFeed:
             wake.set()
             remaining = deadline - asyncio.get_running_loop().time()
             try:
-                await asyncio.wait_for(self.published(), max(remaining, 0))
+                async with timeout(max(remaining, 0)):
+                    await self.published()
             except asyncio.TimeoutError:
                 raise Unavailable(
                     "the change feed cannot read the database now; retry with backoff",
@@ -186,7 +188,8 @@ class ChangeFeed:
                 watched.clear()
                 await watched.wait()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.heartbeat * TICK_SHARE)
+                async with timeout(self.heartbeat * TICK_SHARE):
+                    await wake.wait()
             wake.clear()
             self._started_reads += 1
             started = self._started_reads

@@ -15,8 +15,9 @@ handing the behaviour a context of its own.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,9 +68,11 @@ def _as_writer(behaviour: Callable[..., Any], info: MethodInfo) -> Behaviour:
     if inspect.isasyncgenfunction(behaviour):
 
         async def write_all(request: Any, context: Any) -> None:
-            stream: AsyncIterator[Any] = behaviour(request, context)
-            async for message in stream:
-                await context.write(message)
+            # Closed here, not whenever the collector finds it: a cancelled stream's
+            # ``finally`` blocks (a watcher's place, a listing's connection) run at once.
+            async with contextlib.aclosing(behaviour(request, context)) as stream:
+                async for message in stream:
+                    await context.write(message)
 
         return write_all
     if inspect.iscoroutinefunction(behaviour):

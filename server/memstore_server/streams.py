@@ -26,6 +26,7 @@ import grpc
 from memstore_server import metrics
 from memstore_server.errors import ResourceExhausted
 from memstore_server.handlers import Behaviour, MethodInfo, Wrapper
+from memstore_server.timeouts import timeout
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ class _StreamContext:
 
     async def write(self, message: Any) -> None:
         try:
-            await asyncio.wait_for(self._context.write(message), self._stall_timeout)
+            async with timeout(self._stall_timeout):
+                await self._context.write(message)
         except asyncio.TimeoutError:
             raise StreamStalled from None
         except asyncio.CancelledError:
