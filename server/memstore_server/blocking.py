@@ -36,6 +36,19 @@ class Blocking:
     def __init__(self, threads: int, queue_timeout: float) -> None:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
         self._queue_timeout = queue_timeout
+        # Reads for streams take at most half the threads (see ``bulk``).
+        self._bulk_slots = asyncio.Semaphore(max(1, threads // 2))
+
+    async def bulk(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` as ``__call__`` runs it, for a read of many rows that a stream
+        sends: a page of ListUsersChunked, a window of an export, a page of a snapshot.
+
+        At most half the threads run such reads at once; the rest wait here, holding
+        nothing, not in the threads' queue. So however many streams start together, a
+        point read or a write finds a thread without queueing behind their pages (64
+        streams starting at once held GetUser back 0.8 s when they shared one queue)."""
+        async with self._bulk_slots:
+            return await self(function, *args)
 
     async def __call__(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` run on a database thread; its result or its exception."""

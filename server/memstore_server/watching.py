@@ -74,7 +74,7 @@ class Watch:
         """Every user as of one snapshot, then initial_complete; each with that snapshot's token."""
         async with self._listing_slots:
             listing = self._feed.store.listing()
-            opening = asyncio.ensure_future(self._run(listing.open))
+            opening = asyncio.ensure_future(self._run.bulk(listing.open))
             try:
                 await asyncio.shield(opening)
             except asyncio.CancelledError:
@@ -93,7 +93,7 @@ class Watch:
     async def _listed(self, listing: InitialListing, token: str) -> AsyncIterator[bytes]:
         after = 0
         while True:
-            ids, users = await self._run(listing.page, after, _LISTING_PAGE)
+            ids, users = await self._run.bulk(listing.page, after, _LISTING_PAGE)
             if not ids:
                 return
             events = [responses.user_event(EXISTING, 0, listing.taken_micros, user) for user in users]
