@@ -26,6 +26,7 @@ from memstore_server.boundary import guard_errors
 from memstore_server.config import Settings
 from memstore_server.database import open_database
 from memstore_server.decoding import reject_undecodable, tolerant
+from memstore_server.exporting import Export, read_ahead_for
 from memstore_server.feed import ChangeFeed
 from memstore_server.handlers import HandlerTable, Wrapper
 from memstore_server.health import DatabaseHealth
@@ -36,6 +37,7 @@ from memstore_server.replica import Reads, Replica
 from memstore_server.servicers.sessions import SessionServicer
 from memstore_server.servicers.users import UserServicer
 from memstore_server.store.changes import ChangeStore
+from memstore_server.store.exports import UserExports
 from memstore_server.store.sessions import SessionStore
 from memstore_server.store.users import UserStore
 from memstore_server.streams import StreamLimits
@@ -151,6 +153,12 @@ def create_server(
             blocking,
             max_message_bytes=settings.max_message_bytes,
             watch=watch,
+            export=Export(
+                UserExports(reads),
+                blocking,
+                max_message_bytes=settings.max_message_bytes,
+                read_ahead=read_ahead_for(settings.db_pool_size),
+            ),
         ),
     )
     table.add_service(

@@ -53,7 +53,7 @@ OPEN_STREAMS = Gauge(
     "Response streams open now (bounded by --max-concurrent-streams per process).",
     multiprocess_mode="livesum",
 )
-USERS_STREAMED = Counter("memstore_users_streamed_total", "Users sent by ListUsersChunked.")
+USERS_STREAMED = Counter("memstore_users_streamed_total", "Users sent by ListUsersChunked and ExportUsers.")
 POOL_WAIT_SECONDS = Histogram(
     "memstore_db_pool_wait_seconds",
     "Time a database call waited for a free database thread (and so connection).",

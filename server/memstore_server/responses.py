@@ -232,3 +232,23 @@ def watch_message(events: Sequence[bytes], resume_token: str, *, initial_complet
     if initial_complete:
         parts.append(_varint(_COMPLETE_FIELD << 3) + b"\x01")
     return b"".join(parts)
+
+
+# ---------------------------------------------------------------- ExportUsers
+
+_JSON_LINES_FIELD = users_pb2.ExportUsersResponse.DESCRIPTOR.fields_by_name["json_lines"].number
+
+
+def export_lines_fit(length: int, max_bytes: int) -> bool:
+    """Whether ``length`` bytes of JSON lines go out as one ExportUsersResponse of at most ``max_bytes``."""
+    return _field_size(_JSON_LINES_FIELD, length) + _NEXT_CURSOR_ROOM <= max_bytes
+
+
+def exported_lines(lines: bytes, next_cursor: int) -> bytes:
+    """A serialized ExportUsersResponse of JSON lines that are UTF-8 already (PostgreSQL built them)."""
+    return b"".join(
+        (
+            _length_delimited(_JSON_LINES_FIELD, lines),
+            users_pb2.ExportUsersResponse(next_cursor=next_cursor).SerializeToString(),
+        )
+    )

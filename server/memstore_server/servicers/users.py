@@ -17,6 +17,7 @@ from memstore_server import metrics, responses
 from memstore_server.blocking import Blocking
 from memstore_server.coalescing import PointReads
 from memstore_server.errors import FieldViolation, InvalidArgument, user_not_found
+from memstore_server.exporting import Export
 from memstore_server.filtering import USERS, Condition
 from memstore_server.store.user_writes import Change
 from memstore_server.store.users import FramedUsers, NewUser, UserStore
@@ -38,9 +39,12 @@ def _new_user(check: RequestChecker, prefix: str, request: users_pb2.CreateUserR
 
 
 class UserServicer(users_pb2_grpc.UserServiceServicer):
-    def __init__(self, store: UserStore, run: Blocking, *, max_message_bytes: int, watch: Watch) -> None:
+    def __init__(
+        self, store: UserStore, run: Blocking, *, max_message_bytes: int, watch: Watch, export: Export
+    ) -> None:
         self._store = store
         self._watch = watch
+        self._export = export
         self._run = run
         self._max_message_bytes = max_message_bytes
 
@@ -174,9 +178,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             return self._store.framed_page(after, chunk_size, tag, where)
 
         def fetch(after: int) -> asyncio.Future[FramedUsers]:
-            return asyncio.ensure_future(self._run(read_page, after))
+            return asyncio.ensure_future(self._run.bulk(read_page, after))
 
-        page = await self._run(read_page, cursor)
+        page = await self._run.bulk(read_page, cursor)
         following = fetch(page.last_id) if page.count else None
         try:
             while following is not None:
@@ -195,13 +199,24 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             if following is not None:
                 following.cancel()
 
+    async def ExportUsers(  # noqa: N802
+        self, request: users_pb2.ExportUsersRequest, context: Any
+    ) -> AsyncIterator[bytes]:
+        """Every user after the cursor as JSON lines built by PostgreSQL (exporting.py)."""
+        check = RequestChecker()
+        cursor = check.cursor("cursor", request.cursor)
+        where = check.filter("filter", request.filter, USERS)
+        check.raise_if_any()
+        async for message in self._export.stream(cursor, where):
+            yield message
+
     async def _fitting(self, page: FramedUsers, where: Condition | None) -> list[tuple[bytes, int, int]]:
         """``page`` as pieces that each fit one message: itself, or (when its users are too
         large together, which few are, or one lacks stored bytes) the same ids read again
         user by user and cut."""
         if responses.fits(page, self._max_message_bytes):
             return [(page.frames, page.count, page.last_id)]
-        users = await self._run(self._store.users_through, page.after, page.last_id, where)
+        users = await self._run.bulk(self._store.users_through, page.after, page.last_id, where)
         if not users.ids:  # every one of them deleted in between
             return [(b"", 0, page.last_id)]
         return responses.chunks_of(users, self._max_message_bytes)

@@ -137,6 +137,22 @@ class ListUsersChunkedResponse(_message.Message):
     next_cursor: int
     def __init__(self, users: _Optional[_Iterable[_Union[User, _Mapping]]] = ..., next_cursor: _Optional[int] = ...) -> None: ...
 
+class ExportUsersRequest(_message.Message):
+    __slots__ = ("cursor", "filter")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    cursor: int
+    filter: str
+    def __init__(self, cursor: _Optional[int] = ..., filter: _Optional[str] = ...) -> None: ...
+
+class ExportUsersResponse(_message.Message):
+    __slots__ = ("json_lines", "next_cursor")
+    JSON_LINES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    json_lines: str
+    next_cursor: int
+    def __init__(self, json_lines: _Optional[str] = ..., next_cursor: _Optional[int] = ...) -> None: ...
+
 class GetUserSessionsRequest(_message.Message):
     __slots__ = ("user_id", "limit", "cursor")
     USER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -70,6 +70,11 @@ class UserServiceStub:
                 request_serializer=memstore_dot_v1_dot_users__pb2.ListUsersChunkedRequest.SerializeToString,
                 response_deserializer=memstore_dot_v1_dot_users__pb2.ListUsersChunkedResponse.FromString,
                 _registered_method=True)
+        self.ExportUsers = channel.unary_stream(
+                '/memstore.v1.UserService/ExportUsers',
+                request_serializer=memstore_dot_v1_dot_users__pb2.ExportUsersRequest.SerializeToString,
+                response_deserializer=memstore_dot_v1_dot_users__pb2.ExportUsersResponse.FromString,
+                _registered_method=True)
         self.GetUserSessions = channel.unary_unary(
                 '/memstore.v1.UserService/GetUserSessions',
                 request_serializer=memstore_dot_v1_dot_users__pb2.GetUserSessionsRequest.SerializeToString,
@@ -160,6 +165,22 @@ class UserServiceServicer:
 
         Errors: INVALID_ARGUMENT (negative `chunk_size` or `cursor`; a bad
         `filter`, reason INVALID_FILTER).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportUsers(self, request, context):
+        """Streams every user after `cursor` (matching `filter`) as JSON Lines built
+        by the server, for bulk exports (`memstore export`): the same users in
+        the same order as ListUsersChunked, without turning each one into JSON on
+        the client. No user comes twice and none is skipped; a broken stream is
+        resumed by calling again with the last `next_cursor` received. An empty
+        export is a stream with no messages.
+
+        Errors: INVALID_ARGUMENT (negative `cursor`; a bad `filter`, reason
+        INVALID_FILTER), RESOURCE_EXHAUSTED (too many open streams, reason
+        TOO_MANY_STREAMS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,6 +277,11 @@ def add_UserServiceServicer_to_server(servicer, server):
                     servicer.ListUsersChunked,
                     request_deserializer=memstore_dot_v1_dot_users__pb2.ListUsersChunkedRequest.FromString,
                     response_serializer=memstore_dot_v1_dot_users__pb2.ListUsersChunkedResponse.SerializeToString,
+            ),
+            'ExportUsers': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportUsers,
+                    request_deserializer=memstore_dot_v1_dot_users__pb2.ExportUsersRequest.FromString,
+                    response_serializer=memstore_dot_v1_dot_users__pb2.ExportUsersResponse.SerializeToString,
             ),
             'GetUserSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUserSessions,
@@ -446,6 +472,33 @@ class UserService:
             '/memstore.v1.UserService/ListUsersChunked',
             memstore_dot_v1_dot_users__pb2.ListUsersChunkedRequest.SerializeToString,
             memstore_dot_v1_dot_users__pb2.ListUsersChunkedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/memstore.v1.UserService/ExportUsers',
+            memstore_dot_v1_dot_users__pb2.ExportUsersRequest.SerializeToString,
+            memstore_dot_v1_dot_users__pb2.ExportUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,9 +1,13 @@
-"""``memstore export``: every (matching) user, streamed through ListUsersChunked, as JSONL or Parquet.
+"""``memstore export``: every (matching) user, as JSONL (ExportUsers) or Parquet (ListUsersChunked).
 
-Memory stays constant whatever the table's size: one stream message (and, for
-Parquet, one row group) at a time. The resume token of the manifest is taken
-before the first user is read, so ``memstore watch --since`` replays every change
-made while the export ran (at least once) and nothing is missed.
+JSONL comes from ExportUsers, whose lines the server's database builds, so the
+command only writes bytes: turning users into JSON in Python costs about 9 µs
+each, four times what streaming them costs in all. Parquet's columns are built
+by pyarrow from the users of ListUsersChunked. Memory stays constant whatever the
+table's size: one stream message (and, for Parquet, one row group) at a time.
+The resume token of the manifest is taken before the first user is read, so
+``memstore watch --since`` replays every change made while the export ran (at
+least once) and nothing is missed.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -26,13 +31,14 @@ from memstore_client.cli import parquet, progress
 from memstore_client.cli.connection import Connection, server_failure
 from memstore_client.cli.exits import USAGE_ERROR, CommandError
 from memstore_client.cli.output import AtomicFile, HashingWriter, stdout_writer, write_atomically
-from memstore_client.cli.parallel import Converter
 from memstore_client.cli.watch import current_resume_token
 from memstore_client.errors import translate
 
 CHUNK_SIZE = 1000
 _LIST_USERS_CHUNKED = "/memstore.v1.UserService/ListUsersChunked"
+_EXPORT_USERS = "/memstore.v1.UserService/ExportUsers"
 FORMATS = ("jsonl", "parquet")
+T = TypeVar("T")
 
 
 class Sink(Protocol):
@@ -50,33 +56,26 @@ class Sink(Protocol):
 
 
 class JsonLinesSink:
-    """One JSON object per user and line, UTF-8, converted by a Converter (maybe in workers)."""
+    """The lines of each ExportUsersResponse, written as they came (UTF-8, each ending in a newline)."""
 
-    def __init__(self, out: HashingWriter, converter: Converter) -> None:
+    def __init__(self, out: HashingWriter) -> None:
         self._out = out
-        self._converter = converter
+        # The lines as the UTF-8 bytes that came, not decoded to text to be encoded back.
+        self._lines_of = _field_reader(
+            users_pb2.ExportUsersResponse, "json_lines", descriptor_pb2.FieldDescriptorProto.TYPE_BYTES, bytes
+        )
 
     def write(self, data: bytes) -> int:
-        return self._put(self._converter.convert(data))
+        lines = self._lines_of(data)
+        self._out.write(lines)
+        return lines.count(b"\n")  # JSON escapes newlines inside strings: one per user
 
     def close(self) -> int:
-        try:
-            count = self._put(self._converter.finish())
-        finally:
-            self._converter.close()
         self._out.flush()
-        return count
+        return 0
 
     def abort(self) -> None:
-        self._converter.close()
-
-    def _put(self, blocks: Iterator[tuple[bytes, int]]) -> int:
-        count = 0
-        for block, users in blocks:
-            if block:
-                self._out.write(block)
-            count += users
-        return count
+        """Nothing to stop: the file is written in this process, and discarded."""
 
 
 class ParquetMessages:
@@ -114,14 +113,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "--out", type=Path, metavar="PATH", help="write to PATH (and PATH.manifest.json); default: stdout"
     )
     parser.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        metavar="N",
-        help="JSONL: worker processes turning users into JSON (default: 1, this process); more pays "
-        "only where the command has cores to itself, not beside the server and its database",
-    )
-    parser.add_argument(
         "--filter",
         metavar="F",
         help="only users matching this filter (ListUsersChunkedRequest.filter), "
@@ -131,9 +122,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, connection: Connection) -> int:
-    if args.jobs < 1:
-        raise CommandError("--jobs must be at least 1", USAGE_ERROR)
-    request = _request(args.filter)
     if args.format == "parquet":
         parquet.pyarrow()  # a missing extra is reported before anything is written
         if args.out is None and sys.stdout.isatty():
@@ -141,12 +129,12 @@ def run(args: argparse.Namespace, connection: Connection) -> int:
     started = time.monotonic()
     if args.out is None:
         writer = stdout_writer()
-        count = _export(connection, request, _sink(args, writer))
+        count = _export(connection, args, writer)
     else:
         with AtomicFile(args.out) as target:
             token = current_resume_token(connection)  # before the first user is read
             writer = target.writer
-            count = _export(connection, request, _sink(args, writer))
+            count = _export(connection, args, writer)
             target.commit()
         manifest = {
             "format": args.format,
@@ -172,21 +160,30 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(path.name + ".manifest.json")
 
 
-def _request(filter_text: str | None) -> users_pb2.ListUsersChunkedRequest:
-    return users_pb2.ListUsersChunkedRequest(chunk_size=CHUNK_SIZE, filter=filter_text or "")
-
-
-def _sink(args: argparse.Namespace, writer: HashingWriter) -> Sink:
+def _export(connection: Connection, args: argparse.Namespace, writer: HashingWriter) -> int:
+    sink: Sink
     if args.format == "parquet":
-        return ParquetMessages(writer)
-    return JsonLinesSink(writer, Converter(args.jobs))
-
-
-def _export(connection: Connection, request: users_pb2.ListUsersChunkedRequest, sink: Sink) -> int:
+        sink = ParquetMessages(writer)
+        stream = Stream(
+            _LIST_USERS_CHUNKED,
+            users_pb2.ListUsersChunkedRequest,
+            users_pb2.ListUsersChunkedResponse,
+            last_has_cursor_0=True,
+        )
+        request: Any = users_pb2.ListUsersChunkedRequest(chunk_size=CHUNK_SIZE, filter=args.filter or "")
+    else:
+        sink = JsonLinesSink(writer)
+        stream = Stream(
+            _EXPORT_USERS,
+            users_pb2.ExportUsersRequest,
+            users_pb2.ExportUsersResponse,
+            last_has_cursor_0=False,
+        )
+        request = users_pb2.ExportUsersRequest(filter=args.filter or "")
     count = 0
-    with progress.bar("exporting", total=_total(connection, request.filter)) as bar:
+    with progress.bar("exporting", total=_total(connection, args.filter or "")) as bar:
         try:
-            for data in messages(connection, request):
+            for data in stream.messages(connection, request):
                 written = sink.write(data)
                 count += written
                 bar.update(written)
@@ -212,57 +209,68 @@ def _total(connection: Connection, filter_text: str) -> int | None:
     return int(response.count)
 
 
-def _cursor_reader() -> Callable[[bytes], int]:
-    """``next_cursor`` of a serialized ListUsersChunkedResponse, without parsing its users.
-
-    A message type holding only field 2 reads the rest as unknown bytes, at about
-    a hundredth of the cost of parsing the users, which the workers parse.
-    """
-    file = descriptor_pb2.FileDescriptorProto(name="memstore_cli_cursor.proto", package="memstore_cli")
-    file.message_type.add(name="Cursor").field.add(
-        name="next_cursor",
-        number=users_pb2.ListUsersChunkedResponse.DESCRIPTOR.fields_by_name["next_cursor"].number,
-        type=descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+def _field_reader(
+    message: type[Any], name: str, kind: int, python_type: Callable[[Any], T]
+) -> Callable[[bytes], T]:
+    """Field ``name`` of a serialized ``message``, without parsing the rest: a message type
+    holding only that field reads the others as unknown bytes, at about a hundredth of the
+    cost of parsing the users."""
+    file = descriptor_pb2.FileDescriptorProto(name=f"memstore_cli_{name}.proto", package="memstore_cli")
+    file.message_type.add(name="View").field.add(
+        name=name,
+        number=message.DESCRIPTOR.fields_by_name[name].number,
+        type=kind,
         label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    cursor_class = message_factory.GetMessageClass(pool.FindMessageTypeByName("memstore_cli.Cursor"))
-    return lambda data: int(cursor_class.FromString(data).next_cursor)  # type: ignore[attr-defined]
+    view = message_factory.GetMessageClass(pool.FindMessageTypeByName("memstore_cli.View"))
+    return lambda data: python_type(getattr(view.FromString(data), name))
 
 
-def messages(connection: Connection, request: users_pb2.ListUsersChunkedRequest) -> Iterator[bytes]:
-    """Every ListUsersChunked message, serialized, resuming a broken stream from its last cursor."""
-    next_cursor = _cursor_reader()
-    call = connection.channel.unary_stream(
-        _LIST_USERS_CHUNKED,
-        request_serializer=users_pb2.ListUsersChunkedRequest.SerializeToString,
-        response_deserializer=None,
-    )
-    policy = ResumePolicy()
-    failures = 0
-    while True:
-        stream: Any = call(request, metadata=connection.metadata)
-        received = False
-        try:
-            for data in stream:
-                failures, received = 0, True
-                yield data
-                cursor = next_cursor(data)
-                if cursor == 0:
-                    return
-                request.cursor = cursor
-            if not received:
-                return  # no (more) users after the cursor
-            # It ended without its last message (next_cursor 0): ask again from where it stopped.
-        except grpc.RpcError as error:
-            failures += 1
-            delay = policy.delay(error.code(), failures)
-            if delay is None:
-                failure = translate(error)
-                if failure.reason == "INVALID_FILTER":
-                    raise CommandError(f"--filter: {failure.message}", USAGE_ERROR) from None
-                raise server_failure(failure, "ListUsersChunked") from None
-            time.sleep(delay)
-        finally:
-            stream.cancel()
+@dataclass(frozen=True)
+class Stream:
+    """A server stream of users with cursors: ListUsersChunked or ExportUsers."""
+
+    method: str
+    request_type: type[Any]
+    response_type: type[Any]
+    # ListUsersChunked says its last message is the last (next_cursor 0); an ExportUsers
+    # stream is complete when it ends without an error.
+    last_has_cursor_0: bool
+
+    def messages(self, connection: Connection, request: Any) -> Iterator[bytes]:
+        """Every message, serialized, resuming a broken stream from its last cursor."""
+        next_cursor = _field_reader(
+            self.response_type, "next_cursor", descriptor_pb2.FieldDescriptorProto.TYPE_INT64, int
+        )
+        call = connection.channel.unary_stream(
+            self.method, request_serializer=self.request_type.SerializeToString, response_deserializer=None
+        )
+        policy = ResumePolicy()
+        failures = 0
+        while True:
+            stream: Any = call(request, metadata=connection.metadata)
+            received = False
+            try:
+                for data in stream:
+                    failures, received = 0, True
+                    yield data
+                    cursor = next_cursor(data)
+                    if cursor == 0 and self.last_has_cursor_0:
+                        return
+                    request.cursor = cursor
+                if not received or not self.last_has_cursor_0:
+                    return  # no (more) users after the cursor, or all of them
+                # It ended without its last message (next_cursor 0): ask again from where it stopped.
+            except grpc.RpcError as error:
+                failures += 1
+                delay = policy.delay(error.code(), failures)
+                if delay is None:
+                    failure = translate(error)
+                    if failure.reason == "INVALID_FILTER":
+                        raise CommandError(f"--filter: {failure.message}", USAGE_ERROR) from None
+                    raise server_failure(failure, self.method.rsplit("/", 1)[-1]) from None
+                time.sleep(delay)
+            finally:
+                stream.cancel()

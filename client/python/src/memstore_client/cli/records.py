@@ -1,8 +1,9 @@
 """Users as the command writes and reads them: JSON objects with the API's field names.
 
-Export runs this once per user, so it reads the generated messages directly
-(no dataclass, no json_format) and formats timestamps from a per-second cache:
-at that rate, building intermediate objects is most of the cost.
+``memstore watch`` and the Parquet export run this once per user, so it reads the
+generated messages directly (no dataclass, no json_format) and formats timestamps
+from a per-second cache: at that rate, building intermediate objects is most of
+the cost. (A JSONL export's lines are the server's: ExportUsers.)
 """
 
 from __future__ import annotations
@@ -48,10 +49,6 @@ def _compact_encoder() -> Callable[[Any], str]:
 
 
 encode = _compact_encoder()
-# A JSON string literal of a str.
-quote: Callable[[str], str] = (
-    getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
-)
 
 
 def _value(value: struct_pb2.Value) -> Any:
@@ -111,22 +108,6 @@ def user_object(user: users_pb2.User, stamps: Timestamps) -> dict[str, Any]:
         "updated_at": stamps.text(user.updated_at),
         "session_count": user.session_count,
     }
-
-
-def json_line(user: users_pb2.User, stamps: Timestamps) -> str:
-    """One JSONL line of the user (without its newline): ``user_object`` as compact JSON.
-
-    Written out field by field rather than through a dict: export runs it once per user.
-    """
-    created, updated = user.created_at, user.updated_at
-    created_text = stamps.text(created)
-    updated_text = created_text if created == updated else stamps.text(updated)
-    return (
-        f'{{"user_id":{quote(user.user_id)},"email":{quote(user.email)},'
-        f'"first_name":{quote(user.first_name)},"last_name":{quote(user.last_name)},'
-        f'"metadata":{encode(metadata_of(user))},"uuid":{quote(user.uuid)},"id":{user.id},'
-        f'"created_at":"{created_text}","updated_at":"{updated_text}","session_count":{user.session_count}}}'
-    )
 
 
 def metadata_json(user: users_pb2.User) -> str:

@@ -14,7 +14,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file memstore/v1/users.proto.
  */
 export const file_memstore_v1_users: GenFile = /*@__PURE__*/
-  fileDesc("ChdtZW1zdG9yZS92MS91c2Vycy5wcm90bxILbWVtc3RvcmUudjEiiQIKBFVzZXISDwoHdXNlcl9pZBgBIAEoCRINCgVlbWFpbBgCIAEoCRISCgpmaXJzdF9uYW1lGAMgASgJEhEKCWxhc3RfbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDAoEdXVpZBgGIAEoCRIKCgJpZBgHIAEoAxIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zZXNzaW9uX2NvdW50GAogASgDIoUBChFDcmVhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhIKCmZpcnN0X25hbWUYAyABKAkSEQoJbGFzdF9uYW1lGAQgASgJEikKCG1ldGFkYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI1ChJDcmVhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiIQoOR2V0VXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIyCg9HZXRVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIi7AEKEVVwZGF0ZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoFZW1haWwYAiABKAlIAIgBARIXCgpmaXJzdF9uYW1lGAMgASgJSAGIAQESFgoJbGFzdF9uYW1lGAQgASgJSAKIAQESKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC3VwZGF0ZV9tYXNrGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IICgZfZW1haWxCDQoLX2ZpcnN0X25hbWVCDAoKX2xhc3RfbmFtZSI1ChJVcGRhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIUChJEZWxldGVVc2VyUmVzcG9uc2UiQQoQTGlzdFVzZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoBRIOCgZjdXJzb3IYAiABKAMSDgoGZmlsdGVyGAMgASgJIkoKEUxpc3RVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyJNChdMaXN0VXNlcnNDaHVua2VkUmVxdWVzdBISCgpjaHVua19zaXplGAEgASgFEg4KBmN1cnNvchgCIAEoAxIOCgZmaWx0ZXIYAyABKAkiUQoYTGlzdFVzZXJzQ2h1bmtlZFJlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyJIChZHZXRVc2VyU2Vzc2lvbnNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDQoFbGltaXQYAiABKAUSDgoGY3Vyc29yGAMgASgDIlYKF0dldFVzZXJTZXNzaW9uc1Jlc3BvbnNlEiYKCHNlc3Npb25zGAEgAygLMhQubWVtc3RvcmUudjEuU2Vzc2lvbhITCgtuZXh0X2N1cnNvchgCIAEoAyJiChdCYXRjaENyZWF0ZVVzZXJzUmVxdWVzdBIwCghyZXF1ZXN0cxgBIAMoCzIeLm1lbXN0b3JlLnYxLkNyZWF0ZVVzZXJSZXF1ZXN0EhUKDXNraXBfZXhpc3RpbmcYAiABKAgiPAoYQmF0Y2hDcmVhdGVVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlciIjChFDb3VudFVzZXJzUmVxdWVzdBIOCgZmaWx0ZXIYASABKAkiIwoSQ291bnRVc2Vyc1Jlc3BvbnNlEg0KBWNvdW50GAEgASgDIj8KEVdhdGNoVXNlcnNSZXF1ZXN0EhQKDHJlc3VtZV90b2tlbhgBIAEoCRIUCgxzZW5kX2luaXRpYWwYAiABKAgibAoSV2F0Y2hVc2Vyc1Jlc3BvbnNlEiYKBmV2ZW50cxgBIAMoCzIWLm1lbXN0b3JlLnYxLlVzZXJFdmVudBIUCgxyZXN1bWVfdG9rZW4YAiABKAkSGAoQaW5pdGlhbF9jb21wbGV0ZRgDIAEoCCKBAgoJVXNlckV2ZW50EikKBHR5cGUYASABKA4yGy5tZW1zdG9yZS52MS5Vc2VyRXZlbnQuVHlwZRIfCgR1c2VyGAIgASgLMhEubWVtc3RvcmUudjEuVXNlchIQCghzZXF1ZW5jZRgDIAEoAxIvCgtjb21taXRfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZQoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASEQoNVFlQRV9FWElTVElORxABEhAKDFRZUEVfQ1JFQVRFRBACEhAKDFRZUEVfVVBEQVRFRBADEhAKDFRZUEVfREVMRVRFRBAEIu0BChVXYXRjaFVzZXJzUmVzdW1lVG9rZW4SDwoHZmVlZF9pZBgBIAEoCRI5CgRzZWVuGAIgASgLMisubWVtc3RvcmUudjEuV2F0Y2hVc2Vyc1Jlc3VtZVRva2VuLlNuYXBzaG90EjsKBndpbmRvdxgDIAEoCzIrLm1lbXN0b3JlLnYxLldhdGNoVXNlcnNSZXN1bWVUb2tlbi5TbmFwc2hvdBIWCg5hZnRlcl9zZXF1ZW5jZRgEIAEoAxozCghTbmFwc2hvdBIMCgR4bWluGAEgASgEEgwKBHhtYXgYAiABKAQSCwoDeGlwGAMgAygEMs4GCgtVc2VyU2VydmljZRJNCgpDcmVhdGVVc2VyEh4ubWVtc3RvcmUudjEuQ3JlYXRlVXNlclJlcXVlc3QaHy5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVzcG9uc2USRAoHR2V0VXNlchIbLm1lbXN0b3JlLnYxLkdldFVzZXJSZXF1ZXN0GhwubWVtc3RvcmUudjEuR2V0VXNlclJlc3BvbnNlEk0KClVwZGF0ZVVzZXISHi5tZW1zdG9yZS52MS5VcGRhdGVVc2VyUmVxdWVzdBofLm1lbXN0b3JlLnYxLlVwZGF0ZVVzZXJSZXNwb25zZRJNCgpEZWxldGVVc2VyEh4ubWVtc3RvcmUudjEuRGVsZXRlVXNlclJlcXVlc3QaHy5tZW1zdG9yZS52MS5EZWxldGVVc2VyUmVzcG9uc2USSgoJTGlzdFVzZXJzEh0ubWVtc3RvcmUudjEuTGlzdFVzZXJzUmVxdWVzdBoeLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc1Jlc3BvbnNlEmEKEExpc3RVc2Vyc0NodW5rZWQSJC5tZW1zdG9yZS52MS5MaXN0VXNlcnNDaHVua2VkUmVxdWVzdBolLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc0NodW5rZWRSZXNwb25zZTABElwKD0dldFVzZXJTZXNzaW9ucxIjLm1lbXN0b3JlLnYxLkdldFVzZXJTZXNzaW9uc1JlcXVlc3QaJC5tZW1zdG9yZS52MS5HZXRVc2VyU2Vzc2lvbnNSZXNwb25zZRJfChBCYXRjaENyZWF0ZVVzZXJzEiQubWVtc3RvcmUudjEuQmF0Y2hDcmVhdGVVc2Vyc1JlcXVlc3QaJS5tZW1zdG9yZS52MS5CYXRjaENyZWF0ZVVzZXJzUmVzcG9uc2USTQoKQ291bnRVc2VycxIeLm1lbXN0b3JlLnYxLkNvdW50VXNlcnNSZXF1ZXN0Gh8ubWVtc3RvcmUudjEuQ291bnRVc2Vyc1Jlc3BvbnNlEk8KCldhdGNoVXNlcnMSHi5tZW1zdG9yZS52MS5XYXRjaFVzZXJzUmVxdWVzdBofLm1lbXN0b3JlLnYxLldhdGNoVXNlcnNSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_memstore_v1_sessions]);
+  fileDesc("ChdtZW1zdG9yZS92MS91c2Vycy5wcm90bxILbWVtc3RvcmUudjEiiQIKBFVzZXISDwoHdXNlcl9pZBgBIAEoCRINCgVlbWFpbBgCIAEoCRISCgpmaXJzdF9uYW1lGAMgASgJEhEKCWxhc3RfbmFtZRgEIAEoCRIpCghtZXRhZGF0YRgFIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDAoEdXVpZBgGIAEoCRIKCgJpZBgHIAEoAxIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIVCg1zZXNzaW9uX2NvdW50GAogASgDIoUBChFDcmVhdGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWVtYWlsGAIgASgJEhIKCmZpcnN0X25hbWUYAyABKAkSEQoJbGFzdF9uYW1lGAQgASgJEikKCG1ldGFkYXRhGAUgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCI1ChJDcmVhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiIQoOR2V0VXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIyCg9HZXRVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIi7AEKEVVwZGF0ZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoFZW1haWwYAiABKAlIAIgBARIXCgpmaXJzdF9uYW1lGAMgASgJSAGIAQESFgoJbGFzdF9uYW1lGAQgASgJSAKIAQESKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei8KC3VwZGF0ZV9tYXNrGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IICgZfZW1haWxCDQoLX2ZpcnN0X25hbWVCDAoKX2xhc3RfbmFtZSI1ChJVcGRhdGVVc2VyUmVzcG9uc2USHwoEdXNlchgBIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIUChJEZWxldGVVc2VyUmVzcG9uc2UiQQoQTGlzdFVzZXJzUmVxdWVzdBINCgVsaW1pdBgBIAEoBRIOCgZjdXJzb3IYAiABKAMSDgoGZmlsdGVyGAMgASgJIkoKEUxpc3RVc2Vyc1Jlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyJNChdMaXN0VXNlcnNDaHVua2VkUmVxdWVzdBISCgpjaHVua19zaXplGAEgASgFEg4KBmN1cnNvchgCIAEoAxIOCgZmaWx0ZXIYAyABKAkiUQoYTGlzdFVzZXJzQ2h1bmtlZFJlc3BvbnNlEiAKBXVzZXJzGAEgAygLMhEubWVtc3RvcmUudjEuVXNlchITCgtuZXh0X2N1cnNvchgCIAEoAyI0ChJFeHBvcnRVc2Vyc1JlcXVlc3QSDgoGY3Vyc29yGAEgASgDEg4KBmZpbHRlchgCIAEoCSI+ChNFeHBvcnRVc2Vyc1Jlc3BvbnNlEhIKCmpzb25fbGluZXMYASABKAkSEwoLbmV4dF9jdXJzb3IYAiABKAMiSAoWR2V0VXNlclNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEg4KBmN1cnNvchgDIAEoAyJWChdHZXRVc2VyU2Vzc2lvbnNSZXNwb25zZRImCghzZXNzaW9ucxgBIAMoCzIULm1lbXN0b3JlLnYxLlNlc3Npb24SEwoLbmV4dF9jdXJzb3IYAiABKAMiYgoXQmF0Y2hDcmVhdGVVc2Vyc1JlcXVlc3QSMAoIcmVxdWVzdHMYASADKAsyHi5tZW1zdG9yZS52MS5DcmVhdGVVc2VyUmVxdWVzdBIVCg1za2lwX2V4aXN0aW5nGAIgASgIIjwKGEJhdGNoQ3JlYXRlVXNlcnNSZXNwb25zZRIgCgV1c2VycxgBIAMoCzIRLm1lbXN0b3JlLnYxLlVzZXIiIwoRQ291bnRVc2Vyc1JlcXVlc3QSDgoGZmlsdGVyGAEgASgJIiMKEkNvdW50VXNlcnNSZXNwb25zZRINCgVjb3VudBgBIAEoAyI/ChFXYXRjaFVzZXJzUmVxdWVzdBIUCgxyZXN1bWVfdG9rZW4YASABKAkSFAoMc2VuZF9pbml0aWFsGAIgASgIImwKEldhdGNoVXNlcnNSZXNwb25zZRImCgZldmVudHMYASADKAsyFi5tZW1zdG9yZS52MS5Vc2VyRXZlbnQSFAoMcmVzdW1lX3Rva2VuGAIgASgJEhgKEGluaXRpYWxfY29tcGxldGUYAyABKAgigQIKCVVzZXJFdmVudBIpCgR0eXBlGAEgASgOMhsubWVtc3RvcmUudjEuVXNlckV2ZW50LlR5cGUSHwoEdXNlchgCIAEoCzIRLm1lbXN0b3JlLnYxLlVzZXISEAoIc2VxdWVuY2UYAyABKAMSLwoLY29tbWl0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImUKBFR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEhEKDVRZUEVfRVhJU1RJTkcQARIQCgxUWVBFX0NSRUFURUQQAhIQCgxUWVBFX1VQREFURUQQAxIQCgxUWVBFX0RFTEVURUQQBCLtAQoVV2F0Y2hVc2Vyc1Jlc3VtZVRva2VuEg8KB2ZlZWRfaWQYASABKAkSOQoEc2VlbhgCIAEoCzIrLm1lbXN0b3JlLnYxLldhdGNoVXNlcnNSZXN1bWVUb2tlbi5TbmFwc2hvdBI7CgZ3aW5kb3cYAyABKAsyKy5tZW1zdG9yZS52MS5XYXRjaFVzZXJzUmVzdW1lVG9rZW4uU25hcHNob3QSFgoOYWZ0ZXJfc2VxdWVuY2UYBCABKAMaMwoIU25hcHNob3QSDAoEeG1pbhgBIAEoBBIMCgR4bWF4GAIgASgEEgsKA3hpcBgDIAMoBDKiBwoLVXNlclNlcnZpY2USTQoKQ3JlYXRlVXNlchIeLm1lbXN0b3JlLnYxLkNyZWF0ZVVzZXJSZXF1ZXN0Gh8ubWVtc3RvcmUudjEuQ3JlYXRlVXNlclJlc3BvbnNlEkQKB0dldFVzZXISGy5tZW1zdG9yZS52MS5HZXRVc2VyUmVxdWVzdBocLm1lbXN0b3JlLnYxLkdldFVzZXJSZXNwb25zZRJNCgpVcGRhdGVVc2VyEh4ubWVtc3RvcmUudjEuVXBkYXRlVXNlclJlcXVlc3QaHy5tZW1zdG9yZS52MS5VcGRhdGVVc2VyUmVzcG9uc2USTQoKRGVsZXRlVXNlchIeLm1lbXN0b3JlLnYxLkRlbGV0ZVVzZXJSZXF1ZXN0Gh8ubWVtc3RvcmUudjEuRGVsZXRlVXNlclJlc3BvbnNlEkoKCUxpc3RVc2VycxIdLm1lbXN0b3JlLnYxLkxpc3RVc2Vyc1JlcXVlc3QaHi5tZW1zdG9yZS52MS5MaXN0VXNlcnNSZXNwb25zZRJhChBMaXN0VXNlcnNDaHVua2VkEiQubWVtc3RvcmUudjEuTGlzdFVzZXJzQ2h1bmtlZFJlcXVlc3QaJS5tZW1zdG9yZS52MS5MaXN0VXNlcnNDaHVua2VkUmVzcG9uc2UwARJSCgtFeHBvcnRVc2VycxIfLm1lbXN0b3JlLnYxLkV4cG9ydFVzZXJzUmVxdWVzdBogLm1lbXN0b3JlLnYxLkV4cG9ydFVzZXJzUmVzcG9uc2UwARJcCg9HZXRVc2VyU2Vzc2lvbnMSIy5tZW1zdG9yZS52MS5HZXRVc2VyU2Vzc2lvbnNSZXF1ZXN0GiQubWVtc3RvcmUudjEuR2V0VXNlclNlc3Npb25zUmVzcG9uc2USXwoQQmF0Y2hDcmVhdGVVc2VycxIkLm1lbXN0b3JlLnYxLkJhdGNoQ3JlYXRlVXNlcnNSZXF1ZXN0GiUubWVtc3RvcmUudjEuQmF0Y2hDcmVhdGVVc2Vyc1Jlc3BvbnNlEk0KCkNvdW50VXNlcnMSHi5tZW1zdG9yZS52MS5Db3VudFVzZXJzUmVxdWVzdBofLm1lbXN0b3JlLnYxLkNvdW50VXNlcnNSZXNwb25zZRJPCgpXYXRjaFVzZXJzEh4ubWVtc3RvcmUudjEuV2F0Y2hVc2Vyc1JlcXVlc3QaHy5tZW1zdG9yZS52MS5XYXRjaFVzZXJzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_field_mask, file_google_protobuf_struct, file_google_protobuf_timestamp, file_memstore_v1_sessions]);
 
 /**
  * User is an individual interacting with an application.
@@ -499,6 +499,72 @@ export const ListUsersChunkedResponseSchema: GenMessage<ListUsersChunkedResponse
   messageDesc(file_memstore_v1_users, 12);
 
 /**
+ * Request of UserService.ExportUsers.
+ *
+ * @generated from message memstore.v1.ExportUsersRequest
+ */
+export type ExportUsersRequest = Message<"memstore.v1.ExportUsersRequest"> & {
+  /**
+   * The `id` of the last user already received; the export starts after it.
+   * 0 starts at the beginning; negative is INVALID_ARGUMENT.
+   *
+   * @generated from field: int64 cursor = 1;
+   */
+  cursor: bigint;
+
+  /**
+   * Optional. Only users matching this filter are exported; empty means every
+   * user. The language and its limits are those of ListUsersRequest.filter;
+   * a resumed export must pass the same filter again.
+   *
+   * @generated from field: string filter = 2;
+   */
+  filter: string;
+};
+
+/**
+ * Describes the message memstore.v1.ExportUsersRequest.
+ * Use `create(ExportUsersRequestSchema)` to create a new message.
+ */
+export const ExportUsersRequestSchema: GenMessage<ExportUsersRequest> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 13);
+
+/**
+ * One message of UserService.ExportUsers.
+ *
+ * @generated from message memstore.v1.ExportUsersResponse
+ */
+export type ExportUsersResponse = Message<"memstore.v1.ExportUsersResponse"> & {
+  /**
+   * The users of this message, at least one, in `id` order: one JSON object
+   * per line, each line ending in "\n" (no line holds another: JSON escapes
+   * newlines inside strings). An object holds every field of User under its
+   * proto name (`user_id`, `email`, `first_name`, `last_name`, `metadata`,
+   * `uuid`, `id`, `created_at`, `updated_at`, `session_count`) in that order:
+   * `metadata` as a JSON object, `id` and `session_count` as JSON numbers,
+   * timestamps as RFC 3339 strings in UTC with a "Z".
+   *
+   * @generated from field: string json_lines = 1;
+   */
+  jsonLines: string;
+
+  /**
+   * The `id` of the last user in `json_lines`, from which a broken stream is
+   * resumed.
+   *
+   * @generated from field: int64 next_cursor = 2;
+   */
+  nextCursor: bigint;
+};
+
+/**
+ * Describes the message memstore.v1.ExportUsersResponse.
+ * Use `create(ExportUsersResponseSchema)` to create a new message.
+ */
+export const ExportUsersResponseSchema: GenMessage<ExportUsersResponse> = /*@__PURE__*/
+  messageDesc(file_memstore_v1_users, 14);
+
+/**
  * Request of UserService.GetUserSessions.
  *
  * @generated from message memstore.v1.GetUserSessionsRequest
@@ -533,7 +599,7 @@ export type GetUserSessionsRequest = Message<"memstore.v1.GetUserSessionsRequest
  * Use `create(GetUserSessionsRequestSchema)` to create a new message.
  */
 export const GetUserSessionsRequestSchema: GenMessage<GetUserSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 13);
+  messageDesc(file_memstore_v1_users, 15);
 
 /**
  * Response of UserService.GetUserSessions.
@@ -564,7 +630,7 @@ export type GetUserSessionsResponse = Message<"memstore.v1.GetUserSessionsRespon
  * Use `create(GetUserSessionsResponseSchema)` to create a new message.
  */
 export const GetUserSessionsResponseSchema: GenMessage<GetUserSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 14);
+  messageDesc(file_memstore_v1_users, 16);
 
 /**
  * Request of UserService.BatchCreateUsers.
@@ -596,7 +662,7 @@ export type BatchCreateUsersRequest = Message<"memstore.v1.BatchCreateUsersReque
  * Use `create(BatchCreateUsersRequestSchema)` to create a new message.
  */
 export const BatchCreateUsersRequestSchema: GenMessage<BatchCreateUsersRequest> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 15);
+  messageDesc(file_memstore_v1_users, 17);
 
 /**
  * Response of UserService.BatchCreateUsers.
@@ -618,7 +684,7 @@ export type BatchCreateUsersResponse = Message<"memstore.v1.BatchCreateUsersResp
  * Use `create(BatchCreateUsersResponseSchema)` to create a new message.
  */
 export const BatchCreateUsersResponseSchema: GenMessage<BatchCreateUsersResponse> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 16);
+  messageDesc(file_memstore_v1_users, 18);
 
 /**
  * Request of UserService.CountUsers.
@@ -641,7 +707,7 @@ export type CountUsersRequest = Message<"memstore.v1.CountUsersRequest"> & {
  * Use `create(CountUsersRequestSchema)` to create a new message.
  */
 export const CountUsersRequestSchema: GenMessage<CountUsersRequest> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 17);
+  messageDesc(file_memstore_v1_users, 19);
 
 /**
  * Response of UserService.CountUsers.
@@ -662,7 +728,7 @@ export type CountUsersResponse = Message<"memstore.v1.CountUsersResponse"> & {
  * Use `create(CountUsersResponseSchema)` to create a new message.
  */
 export const CountUsersResponseSchema: GenMessage<CountUsersResponse> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 18);
+  messageDesc(file_memstore_v1_users, 20);
 
 /**
  * Request of UserService.WatchUsers.
@@ -699,7 +765,7 @@ export type WatchUsersRequest = Message<"memstore.v1.WatchUsersRequest"> & {
  * Use `create(WatchUsersRequestSchema)` to create a new message.
  */
 export const WatchUsersRequestSchema: GenMessage<WatchUsersRequest> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 19);
+  messageDesc(file_memstore_v1_users, 21);
 
 /**
  * One message of UserService.WatchUsers.
@@ -743,7 +809,7 @@ export type WatchUsersResponse = Message<"memstore.v1.WatchUsersResponse"> & {
  * Use `create(WatchUsersResponseSchema)` to create a new message.
  */
 export const WatchUsersResponseSchema: GenMessage<WatchUsersResponse> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 20);
+  messageDesc(file_memstore_v1_users, 22);
 
 /**
  * A change to one user, or one user of the initial snapshot.
@@ -792,7 +858,7 @@ export type UserEvent = Message<"memstore.v1.UserEvent"> & {
  * Use `create(UserEventSchema)` to create a new message.
  */
 export const UserEventSchema: GenMessage<UserEvent> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 21);
+  messageDesc(file_memstore_v1_users, 23);
 
 /**
  * What happened to the user.
@@ -842,7 +908,7 @@ export enum UserEvent_Type {
  * Describes the enum memstore.v1.UserEvent.Type.
  */
 export const UserEvent_TypeSchema: GenEnum<UserEvent_Type> = /*@__PURE__*/
-  enumDesc(file_memstore_v1_users, 21, 0);
+  enumDesc(file_memstore_v1_users, 23, 0);
 
 /**
  * The content of a WatchUsersResponse.resume_token, which is the base64url
@@ -893,7 +959,7 @@ export type WatchUsersResumeToken = Message<"memstore.v1.WatchUsersResumeToken">
  * Use `create(WatchUsersResumeTokenSchema)` to create a new message.
  */
 export const WatchUsersResumeTokenSchema: GenMessage<WatchUsersResumeToken> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 22);
+  messageDesc(file_memstore_v1_users, 24);
 
 /**
  * A PostgreSQL snapshot (`pg_current_snapshot()`): which transactions had
@@ -929,7 +995,7 @@ export type WatchUsersResumeToken_Snapshot = Message<"memstore.v1.WatchUsersResu
  * Use `create(WatchUsersResumeToken_SnapshotSchema)` to create a new message.
  */
 export const WatchUsersResumeToken_SnapshotSchema: GenMessage<WatchUsersResumeToken_Snapshot> = /*@__PURE__*/
-  messageDesc(file_memstore_v1_users, 22, 0);
+  messageDesc(file_memstore_v1_users, 24, 0);
 
 /**
  * UserService manages Users: the individuals interacting with an
@@ -1023,6 +1089,25 @@ export const UserService: GenService<{
     methodKind: "server_streaming";
     input: typeof ListUsersChunkedRequestSchema;
     output: typeof ListUsersChunkedResponseSchema;
+  },
+  /**
+   * Streams every user after `cursor` (matching `filter`) as JSON Lines built
+   * by the server, for bulk exports (`memstore export`): the same users in
+   * the same order as ListUsersChunked, without turning each one into JSON on
+   * the client. No user comes twice and none is skipped; a broken stream is
+   * resumed by calling again with the last `next_cursor` received. An empty
+   * export is a stream with no messages.
+   *
+   * Errors: INVALID_ARGUMENT (negative `cursor`; a bad `filter`, reason
+   * INVALID_FILTER), RESOURCE_EXHAUSTED (too many open streams, reason
+   * TOO_MANY_STREAMS).
+   *
+   * @generated from rpc memstore.v1.UserService.ExportUsers
+   */
+  exportUsers: {
+    methodKind: "server_streaming";
+    input: typeof ExportUsersRequestSchema;
+    output: typeof ExportUsersResponseSchema;
   },
   /**
    * Lists one user's sessions in `id` order, one page at a time.

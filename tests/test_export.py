@@ -1,0 +1,266 @@
+"""ExportUsers against a real server and PostgreSQL: JSON lines built by the database.
+
+Every accepted user comes back in its line exactly (and imports as itself);
+every user once, in id order, across windows read at once and gaps in the ids;
+resuming from any cursor; filters; windows too large for one message; errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import grpc
+import peewee
+import pytest
+from google.protobuf import json_format
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from memstore.v1 import users_pb2, users_pb2_grpc
+from memstore_client.cli.records import create_request
+from memstore_server.config import Settings
+from memstore_server.store import exports
+
+from tests.support import (
+    TIMEOUT,
+    RunningServer,
+    ServerAddress,
+    bulk_users,
+    delete_ids,
+    details_of,
+    filtered_listing,
+    struct,
+    unique,
+)
+
+FIELDS = (
+    "user_id",
+    "email",
+    "first_name",
+    "last_name",
+    "metadata",
+    "uuid",
+    "id",
+    "created_at",
+    "updated_at",
+    "session_count",
+)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def exported(
+    stub: users_pb2_grpc.UserServiceStub, cursor: int = 0, filter_text: str = ""
+) -> list[users_pb2.ExportUsersResponse]:
+    request = users_pb2.ExportUsersRequest(cursor=cursor, filter=filter_text)
+    return list(stub.ExportUsers(request, timeout=TIMEOUT))
+
+
+def lines_of(messages: list[users_pb2.ExportUsersResponse]) -> list[dict[str, Any]]:
+    """Every user of the messages, checking each message's lines end in newlines and its
+    next_cursor is the id of its last user."""
+    records = []
+    for message in messages:
+        assert message.json_lines.endswith("\n")
+        found = [json.loads(line) for line in message.json_lines.split("\n")[:-1]]
+        assert found
+        assert message.next_cursor == found[-1]["id"]
+        records += found
+    return records
+
+
+def rfc3339(text: str) -> datetime:
+    assert text.endswith("Z"), text
+    return datetime.fromisoformat(text[:-1] + "+00:00")
+
+
+# ------------------------------------------------------------------ every field, as accepted
+
+json_scalars = st.none() | st.booleans() | st.text(max_size=20) | st.integers(-(2**53), 2**53)
+json_values = st.recursive(
+    json_scalars | st.floats(allow_nan=False, allow_infinity=False, width=64),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+texts = st.text(max_size=30)
+
+
+@settings(
+    max_examples=int(os.environ.get("MEMSTORE_FUZZ_EXAMPLES", "100")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
+)
+@given(
+    user_id=st.text(min_size=1, max_size=40),
+    email=st.just("") | st.emails(),
+    first_name=texts,
+    last_name=texts,
+    metadata=st.dictionaries(st.text(max_size=8), json_values, max_size=5),
+    created_micros=st.integers(0, 253402300799_999_999),
+    updated_micros=st.integers(0, 253402300799_999_999),
+)
+def test_every_accepted_user_comes_back_in_its_line_and_imports_as_itself(  # noqa: PLR0917
+    users: users_pb2_grpc.UserServiceStub,
+    db: peewee.Database,
+    user_id: str,
+    email: str,
+    first_name: str,
+    last_name: str,
+    metadata: dict[str, Any],
+    created_micros: int,
+    updated_micros: int,
+) -> None:
+    request = users_pb2.CreateUserRequest(
+        user_id=f"{unique('x')}-{user_id}",
+        email=email,
+        first_name=first_name,
+        last_name=last_name,
+        metadata=struct(metadata),
+    )
+    refused: grpc.StatusCode | None = None
+    try:
+        user = users.CreateUser(request, timeout=TIMEOUT).user
+    except grpc.RpcError as error:
+        refused = error.code()
+    assume(refused is None)  # what the server refuses (INVALID_ARGUMENT) is not exported
+    # Any time PostgreSQL may hold, to the microsecond, including a whole second (no fraction):
+    # whole seconds, then microseconds (an interval times a big number loses microseconds).
+    with db.connection_context():
+        db.execute_sql(
+            "UPDATE users SET created_at = to_timestamp(%s) + %s * interval '1 microsecond', "
+            "updated_at = to_timestamp(%s) WHERE id = %s",
+            (*divmod(created_micros, 1_000_000), updated_micros // 1_000_000, user.id),
+        )
+
+    record = lines_of(exported(users, cursor=user.id - 1))[0]
+
+    assert tuple(record) == FIELDS
+    assert (record["user_id"], record["email"], record["first_name"], record["last_name"]) == (
+        request.user_id,
+        email,
+        first_name,
+        last_name,
+    )
+    assert (record["uuid"], record["id"], record["session_count"]) == (user.uuid, user.id, 0)
+    # Numbers are the API's doubles: a whole one comes back in full digits (as PostgreSQL keeps
+    # it), which read as a double (as a Struct reads it) is the number that was stored.
+    assert json_format.MessageToDict(struct(record["metadata"])) == json_format.MessageToDict(user.metadata)
+    assert rfc3339(record["created_at"]) == EPOCH + timedelta(microseconds=created_micros)
+    assert rfc3339(record["updated_at"]) == EPOCH + timedelta(seconds=updated_micros // 1_000_000)
+    imported = create_request(record)
+    assert (imported.user_id, imported.email, imported.first_name, imported.last_name) == (
+        request.user_id,
+        email,
+        first_name,
+        last_name,
+    )
+    assert json_format.MessageToDict(imported.metadata) == json_format.MessageToDict(request.metadata)
+
+
+# ------------------------------------------------------------------ every user once, in order
+
+
+@pytest.fixture
+def spread_users(empty_store: None, db: peewee.Database) -> list[int]:
+    """About 5,000 users over many windows, with gaps: every third one and a block deleted."""
+    ids = bulk_users(db, 7600)
+    gone = ids[::3] + ids[2000:4000]
+    delete_ids(db, gone)
+    return sorted(set(ids) - set(gone))
+
+
+def test_every_user_comes_once_in_id_order_across_windows_and_gaps(
+    users: users_pb2_grpc.UserServiceStub, spread_users: list[int]
+) -> None:
+    messages = exported(users)
+    assert [record["id"] for record in lines_of(messages)] == spread_users
+    # A window holds WINDOW_USERS users: the gaps do not make windows of a handful.
+    assert len(messages) == -(-len(spread_users) // exports.WINDOW_USERS)
+
+
+def test_an_export_resumed_from_any_cursor_gives_exactly_the_rest(
+    users: users_pb2_grpc.UserServiceStub, spread_users: list[int]
+) -> None:
+    cursors = [0, *(message.next_cursor for message in exported(users))]
+    for cursor in [*cursors, spread_users[17], spread_users[-1] - 1]:
+        rest = [record["id"] for record in lines_of(exported(users, cursor=cursor))]
+        assert rest == [user_id for user_id in spread_users if user_id > cursor]
+
+
+def test_an_export_after_the_last_user_or_of_no_users_has_no_messages(
+    users: users_pb2_grpc.UserServiceStub, spread_users: list[int], db: peewee.Database
+) -> None:
+    assert exported(users, cursor=spread_users[-1]) == []
+    with db.connection_context():
+        db.execute_sql("TRUNCATE sessions, users")
+    assert exported(users) == []
+
+
+def test_a_filtered_export_gives_what_the_filtered_listing_gives(
+    users: users_pb2_grpc.UserServiceStub, spread_users: list[int]
+) -> None:
+    for text in ("metadata.n < 300 OR metadata.n > 7000", 'user_id = "none"', "metadata.n >= 0"):
+        expected = [user.id for user in filtered_listing(users, text, 1000)]
+        assert [record["id"] for record in lines_of(exported(users, filter_text=text))] == expected
+
+
+def test_windows_too_large_for_one_message_are_cut_into_several_that_fit(
+    empty_store: None, db: peewee.Database, start_server: Callable[[Settings], RunningServer]
+) -> None:
+    limit = 1024 * 1024
+    ids = bulk_users(db, 1500, pad=3000)  # a window of 1,000 lines is about 3 MB
+    server = start_server(Settings(listen="127.0.0.1:0", max_message_bytes=limit))
+    with grpc.insecure_channel(server.target) as channel:
+        stub = users_pb2_grpc.UserServiceStub(channel)
+        messages = exported(stub)
+    assert all(message.ByteSize() <= limit for message in messages)
+    assert len(messages) > 4
+    assert [record["id"] for record in lines_of(messages)] == ids
+
+
+# ------------------------------------------------------------------ errors and the plan
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field", "reason"),
+    [
+        ({"cursor": -1}, "cursor", ""),
+        ({"filter": "metadata.n >"}, "filter", "INVALID_FILTER"),
+        ({"filter": "colour = 3"}, "filter", "INVALID_FILTER"),
+    ],
+)
+def test_bad_requests_are_invalid_argument_naming_the_field(
+    server: ServerAddress,
+    users: users_pb2_grpc.UserServiceStub,
+    request_fields: dict[str, Any],
+    field: str,
+    reason: str,
+) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        list(users.ExportUsers(users_pb2.ExportUsersRequest(**request_fields), timeout=TIMEOUT))
+    details = details_of(raised.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in details.violations
+    if reason:
+        assert details.reason == reason
+
+
+def _plan(db: peewee.Database, query: str, params: tuple[Any, ...]) -> Iterator[str]:
+    with db.connection_context():
+        for (line,) in db.execute_sql(f"EXPLAIN {query}", params).fetchall():
+            yield line
+
+
+def test_a_window_is_read_through_the_primary_key_never_the_whole_table(
+    spread_users: list[int], db: peewee.Database
+) -> None:
+    after, through = spread_users[10], spread_users[900]
+    with db.connection_context():
+        db.execute_sql("ANALYZE users")  # the plan of a table of this size, not of an empty one
+    windows = ((exports._WINDOW, (after, through)), (exports._WINDOW_END, (after, after)))
+    for statement, params in windows:
+        plan = "\n".join(_plan(db, statement.text, params))
+        assert "users_pkey" in plan, plan
+        assert "Seq Scan" not in plan, plan
