@@ -246,9 +246,11 @@ def export_lines_fit(length: int, max_bytes: int) -> bool:
 
 def exported_lines(lines: bytes, next_cursor: int) -> bytes:
     """A serialized ExportUsersResponse of JSON lines that are UTF-8 already (PostgreSQL built them)."""
-    return b"".join(
+    return b"".join(  # the lines copied once
         (
-            _length_delimited(_JSON_LINES_FIELD, lines),
+            _varint((_JSON_LINES_FIELD << 3) | 2),
+            _varint(len(lines)),
+            lines,
             users_pb2.ExportUsersResponse(next_cursor=next_cursor).SerializeToString(),
         )
     )
