@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -30,6 +31,7 @@ from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from hypothesis import strategies as st
 from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server import lifecycle
 from memstore_server.app import ServerHandle, create_server
@@ -240,6 +242,36 @@ def filtered_listing(
         assert page.users
         assert page.next_cursor == page.users[-1].id
         cursor = page.next_cursor
+
+
+# ---------------------------------------------------------------- exported users
+
+# The keys of every JSON line an export writes, in this order (the User message's).
+EXPORTED_FIELDS = (
+    "user_id",
+    "email",
+    "first_name",
+    "last_name",
+    "metadata",
+    "uuid",
+    "id",
+    "created_at",
+    "updated_at",
+    "session_count",
+)
+# JSON values of every kind, nested a few levels: what metadata may hold.
+json_scalars = st.none() | st.booleans() | st.text(max_size=20) | st.integers(-(2**53), 2**53)
+json_values = st.recursive(
+    json_scalars | st.floats(allow_nan=False, allow_infinity=False, width=64),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def rfc3339(text: str) -> datetime:
+    """An exported timestamp: RFC 3339 in UTC, written with a Z."""
+    assert text.endswith("Z"), text
+    return datetime.fromisoformat(text[:-1] + "+00:00")
 
 
 def bulk_users(db: peewee.Database, count: int, *, pad: int = 0) -> list[int]:

@@ -20,7 +20,6 @@ import sys
 import termios
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,20 @@ import peewee
 import pytest
 from google.protobuf import json_format
 from hypothesis import assume, given
-from hypothesis import strategies as st
 from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_client.cli import exits
 from memstore_client.cli.records import RecordError, create_request
 from memstore_server.config import Settings
 
 from tests.support import (
+    EXPORTED_FIELDS,
     TIMEOUT,
     RunningServer,
     ServerAddress,
     bulk_users,
     free_port,
+    json_values,
+    rfc3339,
     server_environment,
     struct,
     unique,
@@ -49,18 +50,6 @@ from tests.support import (
 MEMSTORE = Path(sys.executable).parent / "memstore"
 # A command that does its work and exits; generous for a loaded 2-core machine.
 COMMAND_TIMEOUT = 120.0
-EXPORTED_FIELDS = (
-    "user_id",
-    "email",
-    "first_name",
-    "last_name",
-    "metadata",
-    "uuid",
-    "id",
-    "created_at",
-    "updated_at",
-    "session_count",
-)
 IMPORTED_FIELDS = ("user_id", "email", "first_name", "last_name", "metadata")
 
 
@@ -126,11 +115,6 @@ def with_times(user: Mapping[str, Any]) -> dict[str, Any]:
 
 def imported_fields(user: Mapping[str, Any]) -> dict[str, Any]:
     return {name: user.get(name) for name in IMPORTED_FIELDS}
-
-
-def rfc3339(text: str) -> datetime:
-    assert text.endswith("Z"), text
-    return datetime.fromisoformat(text[:-1] + "+00:00")
 
 
 def sample_users(users: users_pb2_grpc.UserServiceStub, count: int = 25) -> list[users_pb2.User]:
@@ -955,13 +939,6 @@ def test_a_bad_resume_token_is_a_usage_error(server: ServerAddress) -> None:
 
 
 # ------------------------------------------------------------------------------------ records
-
-json_scalars = st.none() | st.booleans() | st.text(max_size=20) | st.integers(-(2**53), 2**53)
-json_values = st.recursive(
-    json_scalars | st.floats(allow_nan=False, allow_infinity=False, width=64),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 
 
 @given(record=json_values)

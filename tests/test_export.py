@@ -25,6 +25,7 @@ from memstore_server.config import Settings
 from memstore_server.store import exports
 
 from tests.support import (
+    EXPORTED_FIELDS,
     TIMEOUT,
     RunningServer,
     ServerAddress,
@@ -32,22 +33,12 @@ from tests.support import (
     delete_ids,
     details_of,
     filtered_listing,
+    json_values,
+    rfc3339,
     struct,
     unique,
 )
 
-FIELDS = (
-    "user_id",
-    "email",
-    "first_name",
-    "last_name",
-    "metadata",
-    "uuid",
-    "id",
-    "created_at",
-    "updated_at",
-    "session_count",
-)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -71,19 +62,8 @@ def lines_of(messages: list[users_pb2.ExportUsersResponse]) -> list[dict[str, An
     return records
 
 
-def rfc3339(text: str) -> datetime:
-    assert text.endswith("Z"), text
-    return datetime.fromisoformat(text[:-1] + "+00:00")
-
-
 # ------------------------------------------------------------------ every field, as accepted
 
-json_scalars = st.none() | st.booleans() | st.text(max_size=20) | st.integers(-(2**53), 2**53)
-json_values = st.recursive(
-    json_scalars | st.floats(allow_nan=False, allow_infinity=False, width=64),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
 texts = st.text(max_size=30)
 
 
@@ -136,7 +116,7 @@ def test_every_accepted_user_comes_back_in_its_line_and_imports_as_itself(  # no
 
     record = lines_of(exported(users, cursor=user.id - 1))[0]
 
-    assert tuple(record) == FIELDS
+    assert tuple(record) == EXPORTED_FIELDS
     assert (record["user_id"], record["email"], record["first_name"], record["last_name"]) == (
         request.user_id,
         email,

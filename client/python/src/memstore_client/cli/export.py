@@ -35,8 +35,6 @@ from memstore_client.cli.watch import current_resume_token
 from memstore_client.errors import translate
 
 CHUNK_SIZE = 1000
-_LIST_USERS_CHUNKED = "/memstore.v1.UserService/ListUsersChunked"
-_EXPORT_USERS = "/memstore.v1.UserService/ExportUsers"
 FORMATS = ("jsonl", "parquet")
 T = TypeVar("T")
 
@@ -161,27 +159,16 @@ def manifest_path(path: Path) -> Path:
 
 
 def _export(connection: Connection, args: argparse.Namespace, writer: HashingWriter) -> int:
+    filter_text = args.filter or ""
     sink: Sink
     if args.format == "parquet":
-        sink = ParquetMessages(writer)
-        stream = Stream(
-            _LIST_USERS_CHUNKED,
-            users_pb2.ListUsersChunkedRequest,
-            users_pb2.ListUsersChunkedResponse,
-            last_has_cursor_0=True,
-        )
-        request: Any = users_pb2.ListUsersChunkedRequest(chunk_size=CHUNK_SIZE, filter=args.filter or "")
+        sink, stream = ParquetMessages(writer), _LIST_USERS_CHUNKED
+        request: Any = users_pb2.ListUsersChunkedRequest(chunk_size=CHUNK_SIZE, filter=filter_text)
     else:
-        sink = JsonLinesSink(writer)
-        stream = Stream(
-            _EXPORT_USERS,
-            users_pb2.ExportUsersRequest,
-            users_pb2.ExportUsersResponse,
-            last_has_cursor_0=False,
-        )
-        request = users_pb2.ExportUsersRequest(filter=args.filter or "")
+        sink, stream = JsonLinesSink(writer), _EXPORT_USERS
+        request = users_pb2.ExportUsersRequest(filter=filter_text)
     count = 0
-    with progress.bar("exporting", total=_total(connection, args.filter or "")) as bar:
+    with progress.bar("exporting", total=_total(connection, filter_text)) as bar:
         try:
             for data in stream.messages(connection, request):
                 written = sink.write(data)
@@ -274,3 +261,17 @@ class Stream:
                 time.sleep(delay)
             finally:
                 stream.cancel()
+
+
+_LIST_USERS_CHUNKED = Stream(
+    "/memstore.v1.UserService/ListUsersChunked",
+    users_pb2.ListUsersChunkedRequest,
+    users_pb2.ListUsersChunkedResponse,
+    last_has_cursor_0=True,
+)
+_EXPORT_USERS = Stream(
+    "/memstore.v1.UserService/ExportUsers",
+    users_pb2.ExportUsersRequest,
+    users_pb2.ExportUsersResponse,
+    last_has_cursor_0=False,
+)
