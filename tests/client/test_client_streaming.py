@@ -1,7 +1,8 @@
-"""list_chunked: order, gaps, users added while it runs, and resuming a stream the server broke."""
+"""list_chunked and export_json_lines: order, gaps, users added while it runs, resuming broken streams."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -107,3 +108,65 @@ async def test_async_list_chunked_resumes_too(db: peewee.Database, restartable: 
             number += 1
     assert len(restartable) == 2
     assert received == ids
+
+
+def _ids(blocks: list[str]) -> list[int]:
+    """The ids of the users of JSON-line blocks, checking every block is whole lines."""
+    assert all(block.endswith("\n") for block in blocks)
+    return [json.loads(line)["id"] for block in blocks for line in block.split("\n")[:-1]]
+
+
+def test_export_json_lines_gives_every_user_once_in_id_order(
+    client: MemstoreClient, db: peewee.Database
+) -> None:
+    ids = bulk_users(db, 2300)
+    gone = ids[3:400] + ids[1500:1501]
+    delete_ids(db, gone)
+    kept = [i for i in ids if i not in gone]
+    blocks = list(client.user.export_json_lines())
+    assert _ids(blocks) == kept
+    assert len(blocks) == 2  # windows of 1,000 users, whatever the gaps
+    assert _ids(list(client.user.export_json_lines(cursor=kept[10]))) == kept[11:]
+    listed = client.user.list_chunked(filter="metadata.n <= 500")
+    assert _ids(list(client.user.export_json_lines(filter="metadata.n <= 500"))) == [
+        user.id for chunk in listed for user in chunk
+    ]
+
+
+def test_an_export_broken_by_a_server_restart_resumes_without_duplicates(
+    db: peewee.Database, restartable: list[RunningServer]
+) -> None:
+    ids = bulk_users(db, 2500, pad=2000)
+    port = free_port()
+    restartable.append(_start(db, port))
+    blocks: list[str] = []
+    patient = ResumePolicy(max_attempts=10, initial_backoff=0.05, max_backoff=0.5)
+    with MemstoreClient(f"127.0.0.1:{port}", resume=patient, options=[("grpc.http2.bdp_probe", 0)]) as client:
+        for block in client.user.export_json_lines():
+            blocks.append(block)
+            if len(blocks) == 1:
+                restartable[0].stop(0)
+                restartable.append(_start(db, port))
+    assert len(restartable) == 2
+    assert _ids(blocks) == ids
+
+
+@pytest.mark.asyncio
+async def test_async_export_json_lines_resumes_too(
+    db: peewee.Database, restartable: list[RunningServer]
+) -> None:
+    ids = bulk_users(db, 2500, pad=2000)
+    port = free_port()
+    restartable.append(_start(db, port))
+    blocks: list[str] = []
+    patient = ResumePolicy(max_attempts=10, initial_backoff=0.05, max_backoff=0.5)
+    async with AsyncMemstoreClient(
+        f"127.0.0.1:{port}", resume=patient, options=[("grpc.http2.bdp_probe", 0)]
+    ) as client:
+        async for block in client.user.export_json_lines():
+            blocks.append(block)
+            if len(blocks) == 1:
+                restartable[0].stop(0)
+                restartable.append(_start(db, port))
+    assert len(restartable) == 2
+    assert _ids(blocks) == ids

@@ -156,6 +156,27 @@ class AsyncUserClient:
             finally:
                 stream.cancel()
 
+    async def export_json_lines(self, cursor: int = 0, *, filter: str = "") -> AsyncIterator[str]:
+        """As MemstoreClient.user.export_json_lines: resumes a broken stream after its last block."""
+        failures = 0
+        while True:
+            request = users_pb2.ExportUsersRequest(cursor=cursor, filter=filter)
+            stream = self._stub.ExportUsers(request, metadata=self._call.metadata)
+            try:
+                async for message in stream:
+                    failures = 0
+                    cursor = message.next_cursor
+                    yield message.json_lines
+                return  # ended without an error: every user was sent
+            except grpc.aio.AioRpcError as error:
+                failures += 1
+                delay = self._resume.delay(error.code(), failures)
+                if delay is None:
+                    raise translate(error) from None
+                await asyncio.sleep(delay)
+            finally:
+                stream.cancel()
+
     async def watch(
         self, resume_token: str = "", send_initial: bool = False
     ) -> AsyncGenerator[WatchUsersResponse, None]:

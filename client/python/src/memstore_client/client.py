@@ -168,6 +168,34 @@ class UserClient:
             finally:
                 stream.cancel()
 
+    def export_json_lines(self, cursor: int = 0, *, filter: str = "") -> Iterator[str]:
+        """Every user after ``cursor`` (only those matching ``filter`` when given) as JSON lines
+        built by the server (ExportUsers): blocks of whole lines, each ending in a newline, in id
+        order, up to 1,000 users a block. What ``memstore export`` writes; far cheaper than
+        turning ``list_chunked``'s users into JSON here.
+
+        A stream broken by a retryable status is resumed after the last block received, so no
+        user comes twice and none is missed. The stream has no deadline.
+        """
+        failures = 0
+        while True:
+            request = users_pb2.ExportUsersRequest(cursor=cursor, filter=filter)
+            stream = self._stub.ExportUsers(request, metadata=self._call.metadata)
+            try:
+                for message in stream:
+                    failures = 0
+                    cursor = message.next_cursor
+                    yield message.json_lines
+                return  # ended without an error: every user was sent
+            except grpc.RpcError as error:
+                failures += 1
+                delay = self._resume.delay(error.code(), failures)
+                if delay is None:
+                    raise translate(error) from None
+                time.sleep(delay)
+            finally:
+                stream.cancel()
+
     def watch(
         self, resume_token: str = "", send_initial: bool = False
     ) -> Generator[WatchUsersResponse, None, None]:
