@@ -28,7 +28,8 @@ from memstore_server.filtering import Condition
 from memstore_server.replica import Reads
 from memstore_server.store.prepared import Prepared
 
-# Users per window: one statement's work, and at most one message's worth of lines.
+# Users per window: one statement's work. Lines of small users fit one message; a window of
+# large ones (up to about 100 KB a line) is read again row by row and cut (exporting.py).
 WINDOW_USERS = 1000
 
 
