@@ -28,6 +28,7 @@ from memstore_server.config import Settings
 from memstore_server.database import open_database
 from memstore_server.feed import ChangeFeed
 from memstore_server.store.changes import ChangeStore, Position, Snapshot
+from memstore_server.stream_memory import StreamMemory
 from memstore_server.timeouts import timeout
 
 from tests.support import RunningServer, bulk_users, details_of, unique, wait_for
@@ -565,7 +566,7 @@ def test_the_feed_stops_when_a_wake_up_comes_in_the_same_turn_as_the_stop(db: pe
     returned the wake-up and lost the cancellation, and shutting down hung for good."""
 
     async def wake_up_then_stop() -> None:
-        blocking = Blocking(threads=2, queue_timeout=10)
+        blocking = Blocking(threads=2, queue_timeout=10, stream_memory=StreamMemory(1 << 20, admissions=1))
         feed = ChangeFeed(ChangeStore(db), blocking, heartbeat=5.0, retention=3600.0, listen=False)
         try:
             async with feed.watching():

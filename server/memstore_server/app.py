@@ -40,6 +40,7 @@ from memstore_server.store.changes import ChangeStore
 from memstore_server.store.exports import UserExports
 from memstore_server.store.sessions import SessionStore
 from memstore_server.store.users import UserStore
+from memstore_server.stream_memory import StreamMemory
 from memstore_server.streams import StreamLimits
 from memstore_server.watching import Watch
 
@@ -134,7 +135,9 @@ def create_server(
     reads = Reads(db, replica)
     # As many threads as connections in both pools, so a thread never waits for one.
     threads = settings.db_pool_size + (settings.read_pool_size if replica is not None else 0)
-    blocking = Blocking(threads=threads, queue_timeout=settings.db_pool_timeout)
+    # Streams let in at once: as many as may read at once (Blocking.bulk).
+    stream_memory = StreamMemory(settings.stream_memory, admissions=max(1, threads // 2))
+    blocking = Blocking(threads=threads, queue_timeout=settings.db_pool_timeout, stream_memory=stream_memory)
     table = HandlerTable()
     # The change feed reads the primary: snapshots and transaction ids are the primary's.
     feed = ChangeFeed(
@@ -178,7 +181,7 @@ def create_server(
         table,
     )
 
-    streams = StreamLimits(settings.max_concurrent_streams, settings.stream_stall_timeout)
+    streams = StreamLimits(settings.max_concurrent_streams, settings.stream_stall_timeout, stream_memory)
     authenticator = authenticator_for(settings)
     # A span, when traced, encloses everything else, so the access log and errors happen inside it.
     wrappers: list[Wrapper] = [] if tracer_provider is None else [tracing.instrument(tracer_provider)]

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from memstore_server import metrics
 from memstore_server.errors import Unavailable
+from memstore_server.stream_memory import StreamMemory
 
 logger = logging.getLogger(__name__)
 
@@ -33,22 +34,30 @@ T = TypeVar("T")
 class Blocking:
     """Runs blocking functions off the event loop, at most ``threads`` at a time."""
 
-    def __init__(self, threads: int, queue_timeout: float) -> None:
+    def __init__(self, threads: int, queue_timeout: float, stream_memory: StreamMemory) -> None:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
         self._queue_timeout = queue_timeout
         # Reads for streams take at most half the threads (see ``bulk``).
         self._bulk_slots = asyncio.Semaphore(max(1, threads // 2))
+        self._stream_memory = stream_memory
 
-    async def bulk(self, function: Callable[..., T], *args: Any) -> T:
+    async def bulk(self, weigh: Callable[[T], int], holds: int, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` as ``__call__`` runs it, for a read of many rows that a stream
         sends: a page of ListUsersChunked, a window of an export, a page of a snapshot.
+        What it returns (``weigh`` tells its bytes) is held by the stream until sent, and
+        the stream holds up to ``holds`` such reads at once: both count in the process's
+        budget for streams (stream_memory.py).
 
         At most half the threads run such reads at once; the rest wait here, holding
         nothing, not in the threads' queue. So however many streams start together, a
         point read or a write finds a thread without queueing behind their pages (64
         streams starting at once held GetUser back 0.8 s when they shared one queue)."""
-        async with self._bulk_slots:
-            return await self(function, *args)
+
+        async def read() -> T:
+            async with self._bulk_slots:
+                return await self(function, *args)
+
+        return await self._stream_memory.read(read, weigh, holds=holds)
 
     async def __call__(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` run on a database thread; its result or its exception."""

@@ -201,6 +201,13 @@ class Settings:
         "seconds a stream may wait on a client that reads nothing before it is cancelled",
         float,
     )
+    stream_memory: int = _setting(
+        64 * 1024 * 1024,
+        "--stream-memory",
+        "bytes response streams may hold read and not yet sent, per process; beyond it a stream "
+        "that holds nothing waits before its next read",
+        int,
+    )
     watch_heartbeat: float = _setting(
         5.0,
         "--watch-heartbeat",
@@ -283,7 +290,7 @@ class Settings:
         return self.db_pool_size if self.read_db_pool_size is None else self.read_db_pool_size
 
     def _check_limits(self) -> None:
-        for name in ("workers", "db_pool_size", "max_concurrent_streams"):
+        for name in ("workers", "db_pool_size", "max_concurrent_streams", "stream_memory"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{OPTIONS[name].names} must be at least 1")
         if self.read_db_pool_size is not None and self.read_db_pool_size < 1:

@@ -17,7 +17,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 
-from memstore_server import metrics, responses
+from memstore_server import metrics, responses, stream_memory
 from memstore_server.blocking import Blocking
 from memstore_server.filtering import Condition
 from memstore_server.store.exports import Lines, UserExports
@@ -49,11 +49,13 @@ class Export:
         try:
             while True:
                 while len(reading) < self._read_ahead and not table_ended:
-                    end = await self._run.bulk(self._store.window_end, after)
+                    end = await self._run(self._store.window_end, after)
                     if end is None:
                         table_ended = True
                         break
-                    lines = asyncio.ensure_future(self._run.bulk(self._store.lines, after, end, where))
+                    lines = asyncio.ensure_future(
+                        self._run.bulk(_lines_bytes, self._read_ahead, self._store.lines, after, end, where)
+                    )
                     reading.append((after, end, lines))
                     after = end
                 if not reading:
@@ -78,7 +80,19 @@ class Export:
             return []
         if responses.export_lines_fit(len(lines.data), self._max_bytes):
             return [(responses.exported_lines(lines.data, lines.last_id), lines.count)]
-        return _cut(await self._run.bulk(self._store.lines_by_user, start, end, where), self._max_bytes)
+        rows = await self._run.bulk(
+            _rows_bytes, self._read_ahead, self._store.lines_by_user, start, end, where
+        )
+        stream_memory.free(len(lines.data))  # replaced by ``rows``
+        return _cut(rows, self._max_bytes)
+
+
+def _lines_bytes(lines: Lines) -> int:
+    return len(lines.data)
+
+
+def _rows_bytes(rows: list[tuple[int, bytes]]) -> int:
+    return sum(len(line) for _, line in rows)
 
 
 def _cut(rows: list[tuple[int, bytes]], max_bytes: int) -> list[tuple[bytes, int]]:

@@ -53,6 +53,15 @@ OPEN_STREAMS = Gauge(
     "Response streams open now (bounded by --max-concurrent-streams per process).",
     multiprocess_mode="livesum",
 )
+STREAM_HELD_BYTES = Gauge(
+    "memstore_stream_held_bytes",
+    "Bytes response streams have read and gRPC has not yet taken (bounded by --stream-memory per process).",
+    multiprocess_mode="livesum",
+)
+STREAM_MEMORY_WAITS = Counter(
+    "memstore_stream_memory_waits_total",
+    "Streams that waited for room under --stream-memory before their first read.",
+)
 USERS_STREAMED = Counter("memstore_users_streamed_total", "Users sent by ListUsersChunked and ExportUsers.")
 POOL_WAIT_SECONDS = Histogram(
     "memstore_db_pool_wait_seconds",

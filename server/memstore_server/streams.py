@@ -7,7 +7,10 @@ does hold memory: the message being written and its handler's state. So:
   refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS) before it does any work;
 - a write that the client does not take within ``stream_stall_timeout`` seconds
   (its reader stopped reading and HTTP/2 flow control holds the message back)
-  ends the stream's handler, logged at WARNING, and frees its place.
+  ends the stream's handler, logged at WARNING, and frees its place;
+- what streams have read and gRPC has not taken yet is bounded per process
+  (stream_memory.py): each stream's reads are counted there, and freed here as
+  its messages are written and when it ends.
 
 grpc.aio offers no way to reset one call's HTTP/2 stream from the server, and no
 status can be sent while a message is still held back, so the stalled client
@@ -23,9 +26,10 @@ from typing import Any
 
 import grpc
 
-from memstore_server import metrics
+from memstore_server import metrics, stream_memory
 from memstore_server.errors import ResourceExhausted
 from memstore_server.handlers import Behaviour, MethodInfo, Wrapper
+from memstore_server.stream_memory import StreamMemory
 from memstore_server.timeouts import timeout
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,8 @@ class _StreamContext:
             raise
         except Exception as error:  # gRPC's own errors of a call that ended under us
             raise StreamGone(str(error)) from error
+        # Taken by gRPC: what the stream read for it is no longer held.
+        stream_memory.free(len(message) if isinstance(message, bytes) else message.ByteSize())
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
@@ -64,9 +70,10 @@ class _StreamContext:
 class StreamLimits:
     """Counts the open response streams of one server and applies both limits to each."""
 
-    def __init__(self, max_concurrent: int, stall_timeout: float) -> None:
+    def __init__(self, max_concurrent: int, stall_timeout: float, memory: StreamMemory) -> None:
         self.max_concurrent = max_concurrent
         self.stall_timeout = stall_timeout
+        self.memory = memory
         self.open = 0
 
     def wrapper(self) -> Wrapper:
@@ -97,7 +104,8 @@ class StreamLimits:
             self.open += 1
             metrics.OPEN_STREAMS.inc()
             try:
-                return await behaviour(request, _StreamContext(context, self.stall_timeout))
+                with self.memory.stream():
+                    return await behaviour(request, _StreamContext(context, self.stall_timeout))
             except StreamStalled:
                 logger.warning(
                     "cancelled %s: the client read nothing for %gs (--stream-stall-timeout), peer %s",

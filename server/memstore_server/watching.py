@@ -29,6 +29,10 @@ EXISTING = users_pb2.UserEvent.TYPE_EXISTING
 _LISTING_PAGE = responses.MAX_EVENTS_PER_MESSAGE
 
 
+def _page_bytes(page: tuple[list[int], list[bytes]]) -> int:
+    return sum(map(len, page[1]))
+
+
 @dataclass(frozen=True)
 class WatchRequest:
     resume_token: str
@@ -74,7 +78,7 @@ class Watch:
         """Every user as of one snapshot, then initial_complete; each with that snapshot's token."""
         async with self._listing_slots:
             listing = self._feed.store.listing()
-            opening = asyncio.ensure_future(self._run.bulk(listing.open))
+            opening = asyncio.ensure_future(self._run(listing.open))
             try:
                 await asyncio.shield(opening)
             except asyncio.CancelledError:
@@ -93,7 +97,7 @@ class Watch:
     async def _listed(self, listing: InitialListing, token: str) -> AsyncIterator[bytes]:
         after = 0
         while True:
-            ids, users = await self._run.bulk(listing.page, after, _LISTING_PAGE)
+            ids, users = await self._run.bulk(_page_bytes, 1, listing.page, after, _LISTING_PAGE)
             if not ids:
                 return
             events = [responses.user_event(EXISTING, 0, listing.taken_micros, user) for user in users]

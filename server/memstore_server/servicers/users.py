@@ -13,14 +13,14 @@ from typing import Any
 
 from memstore.v1 import users_pb2, users_pb2_grpc
 
-from memstore_server import metrics, responses
+from memstore_server import metrics, responses, stream_memory
 from memstore_server.blocking import Blocking
 from memstore_server.coalescing import PointReads
 from memstore_server.errors import FieldViolation, InvalidArgument, user_not_found
 from memstore_server.exporting import Export
 from memstore_server.filtering import USERS, Condition
 from memstore_server.store.user_writes import Change
-from memstore_server.store.users import FramedUsers, NewUser, UserStore
+from memstore_server.store.users import FramedUsers, KeysetPage, NewUser, UserStore
 from memstore_server.validation import RequestChecker
 from memstore_server.watching import Watch, WatchRequest
 
@@ -178,9 +178,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             return self._store.framed_page(after, chunk_size, tag, where)
 
         def fetch(after: int) -> asyncio.Future[FramedUsers]:
-            return asyncio.ensure_future(self._run.bulk(read_page, after))
+            return asyncio.ensure_future(self._run.bulk(_framed_bytes, _PAGES_HELD, read_page, after))
 
-        page = await self._run.bulk(read_page, cursor)
+        page = await self._run.bulk(_framed_bytes, _PAGES_HELD, read_page, cursor)
         following = fetch(page.last_id) if page.count else None
         try:
             while following is not None:
@@ -216,7 +216,10 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         user by user and cut."""
         if responses.fits(page, self._max_message_bytes):
             return [(page.frames, page.count, page.last_id)]
-        users = await self._run.bulk(self._store.users_through, page.after, page.last_id, where)
+        users = await self._run.bulk(
+            _keyset_bytes, _PAGES_HELD, self._store.users_through, page.after, page.last_id, where
+        )
+        stream_memory.free(len(page.frames))  # replaced by ``users``
         if not users.ids:  # every one of them deleted in between
             return [(b"", 0, page.last_id)]
         return responses.chunks_of(users, self._max_message_bytes)
@@ -238,3 +241,16 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         """The change feed; the stream's layout is watching.py's, the shared reading feed.py's."""
         async for message in self._watch.stream(WatchRequest(request.resume_token, request.send_initial)):
             yield message
+
+
+# Pages a ListUsersChunked stream holds at most: the one being written, the next one (read to
+# know whether this one is the last), and the one after it being read.
+_PAGES_HELD = 3
+
+
+def _framed_bytes(page: FramedUsers) -> int:
+    return len(page.frames)
+
+
+def _keyset_bytes(page: KeysetPage) -> int:
+    return sum(map(len, page.users))
