@@ -47,8 +47,11 @@ POOL = 4  # so 2 streams are let in at once (half the database threads)
 
 
 @pytest.fixture
-def large_users(db: peewee.Database) -> list[int]:
-    """Users of about 3 KB each, with their stored messages, as the server writes them."""
+def large_users(db: peewee.Database, empty_store: None) -> list[int]:
+    """Only users of about 3 KB each, with their stored messages, as the server writes them.
+
+    Only these: a stream is counted from its first page, so pages of other tests' users
+    (smaller, or far larger) before these would make the bound below another one."""
     ids = bulk_users(db, USERS, pad=PAD)
     with db.connection_context():
         refill(db)

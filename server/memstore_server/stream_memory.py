@@ -20,7 +20,10 @@ let in only if that fits. A stream stalled on its client ends, and frees its
 part, at ``--stream-stall-timeout``. Until its first read is counted, a stream
 let in takes one of ``admissions`` places, so a burst of streams starting
 together is let in a few at a time, not all before any has read: the sum passes
-the budget by at most those few reservations.
+the budget by at most those few reservations, and by what streams let in grow
+beyond theirs when their later pages are larger than their first (pages are
+counted by users, not bytes; that growth is counted, so no stream is let in
+until it is freed).
 
 The count is of the data once; the process holds more than that (the response
 a page is copied into, gRPC's own copy of a message being written).
