@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import json_format
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from memstore.v1 import users_pb2, users_pb2_grpc
+from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
 from memstore_client.cli.records import create_request
 from memstore_server.config import Settings
 from memstore_server.store import exports
@@ -137,6 +137,70 @@ def test_every_accepted_user_comes_back_in_its_line_and_imports_as_itself(  # no
         last_name,
     )
     assert json_format.MessageToDict(imported.metadata) == json_format.MessageToDict(request.metadata)
+
+
+def test_a_line_follows_every_write_of_its_user(
+    users: users_pb2_grpc.UserServiceStub, sessions: sessions_pb2_grpc.SessionServiceStub
+) -> None:
+    """The line is stored (m0011): each update, and each session that moves the count, must
+    show in it as GetUser shows them."""
+    user = users.CreateUser(
+        users_pb2.CreateUserRequest(
+            user_id=unique("moving"), email="a@example.com", metadata=struct({"v": 1})
+        ),
+        timeout=TIMEOUT,
+    ).user
+
+    def line() -> dict[str, Any]:
+        (record,) = [r for r in lines_of(exported(users, cursor=user.id - 1)) if r["id"] == user.id]
+        return record
+
+    def as_got() -> dict[str, Any]:
+        got = users.GetUser(users_pb2.GetUserRequest(user_id=user.user_id), timeout=TIMEOUT).user
+        return {
+            "user_id": got.user_id,
+            "email": got.email,
+            "first_name": got.first_name,
+            "last_name": got.last_name,
+            "metadata": json_format.MessageToDict(got.metadata),
+            "uuid": got.uuid,
+            "id": got.id,
+            "created_at": got.created_at.ToDatetime(timezone.utc),
+            "updated_at": got.updated_at.ToDatetime(timezone.utc),
+            "session_count": got.session_count,
+        }
+
+    def as_exported() -> dict[str, Any]:
+        record = line()
+        return {
+            **record,
+            "metadata": json_format.MessageToDict(struct(record["metadata"])),
+            "created_at": rfc3339(record["created_at"]),
+            "updated_at": rfc3339(record["updated_at"]),
+        }
+
+    assert as_exported() == as_got()
+    updates = [
+        users_pb2.UpdateUserRequest(user_id=user.user_id, email="b@example.com"),
+        users_pb2.UpdateUserRequest(user_id=user.user_id, first_name='Zoë "the" \\ first\n'),
+        users_pb2.UpdateUserRequest(user_id=user.user_id, last_name="\u2028last"),
+        users_pb2.UpdateUserRequest(
+            user_id=user.user_id, metadata=struct({"v": 2, "nested": {"deep": [1, "x"]}})
+        ),
+    ]
+    for update in updates:
+        users.UpdateUser(update, timeout=TIMEOUT)
+        assert as_exported() == as_got()
+    session_ids = [unique("session") for _ in range(3)]
+    for session_id in session_ids:
+        sessions.CreateSession(
+            sessions_pb2.CreateSessionRequest(session_id=session_id, user_id=user.user_id), timeout=TIMEOUT
+        )
+    assert as_exported()["session_count"] == 3
+    sessions.DeleteSession(sessions_pb2.DeleteSessionRequest(session_id=session_ids[0]), timeout=TIMEOUT)
+    assert as_exported() == as_got()
+    assert as_exported()["session_count"] == 2
+    assert as_exported()["last_name"] == "\u2028last"
 
 
 # ------------------------------------------------------------------ every user once, in order

@@ -51,6 +51,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0008_user_changes,
         m0009_metadata_by_id_range,
         m0010_notify_after_commit,
+        m0011_user_json_head,
     )
 
     found = (
@@ -62,6 +63,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0008_user_changes.MIGRATION,
         m0009_metadata_by_id_range.MIGRATION,
         m0010_notify_after_commit.MIGRATION,
+        m0011_user_json_head.MIGRATION,
     )
     versions = [migration.version for migration in found]
     assert versions == sorted(set(versions)), "migration versions must be unique and ordered"

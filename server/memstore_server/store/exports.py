@@ -1,20 +1,18 @@
-"""Users as JSON Lines, rendered by PostgreSQL: the reads of ExportUsers.
+"""Users as JSON Lines, stored by PostgreSQL beside each user: the reads of ExportUsers.
 
 Turning a user into JSON costs a Python process about 9 µs (most of it the
-metadata Struct), more than twice what streaming its stored bytes costs in all;
-in PostgreSQL it costs about 4 µs, in C, and several statements run at once on
-the database's cores. So an export reads lines built by the query, a window of
-users per statement, as one text value: no Python touches a user on its way.
+metadata Struct), more than twice what streaming its stored bytes costs in all.
+So each user's line is kept with it, up to its session count, in ``json_head``:
+a column PostgreSQL generates on every write (migration m0011, which also says
+what a line holds). A read adds the session count and the newline and joins a
+window of users into one text value: no Python touches a user on its way.
 
 Windows are cut by counting ids (``window_end``), so a window holds at most
 ``WINDOW_USERS`` users however sparse the ids are, and several windows can be
 read at once, each on its own connection (exporting.py).
 
 Each line holds the fields of the User message, with its JSON names, in its
-order: strings escaped by ``to_json``, ``metadata`` as PostgreSQL prints jsonb
-(an object; whole numbers as integers), ``id`` and ``session_count`` as numbers,
-timestamps in RFC 3339 UTC (``...T12:34:56.789Z``, the fraction only as long as
-it needs). No line holds a raw newline: JSON escapes them inside strings.
+order; no line holds a raw newline: JSON escapes them inside strings.
 """
 
 from __future__ import annotations
@@ -33,22 +31,9 @@ from memstore_server.store.prepared import Prepared
 WINDOW_USERS = 1000
 
 
-def _timestamp(column: str) -> str:
-    # A timestamp without time zone (UTC wall time) prints as "YYYY-MM-DDTHH:MM:SS[.ffffff]",
-    # quoted; the closing quote is taken off to add the Z.
-    return f"""rtrim(to_json({column} AT TIME ZONE 'UTC')::text, '"') || 'Z"'"""
-
-
-# Operators, not concat(): concat looks up each argument's output function on every row.
-LINE = (
-    """'{"user_id":' || to_json(user_id)::text || ',"email":' || to_json(email)::text || """
-    """',"first_name":' || to_json(first_name)::text || ',"last_name":' || to_json(last_name)::text || """
-    """',"metadata":' || metadata::text || ',"uuid":"' || uuid::text || '","id":' || id::text || """
-    f"""',"created_at":' || {_timestamp("created_at")} || """
-    f"""',"updated_at":' || {_timestamp("updated_at")} || """
-    """',"session_count":' || session_count::text || E'}\\n'"""
-)
-# A window's lines, prepared (planning the long expression costs a tenth of running it).
+# The line: the stored head, then the one field that moves without the user being written.
+LINE = """json_head || ',"session_count":' || session_count::text || E'}\\n'"""
+# A window's lines, prepared.
 _WINDOW = Prepared(
     "memstore_export_window",
     ("bigint", "bigint"),
