@@ -112,7 +112,7 @@ def measure_cli(run: Run, target: str) -> list[Figure]:
         "memstore export users/s, JSONL to a file, whole table (time the command reports)",
         "ListUsersChunked users/s, read and parsed by a Python client",
         target=">= 0.8",
-        note="each user's line is stored beside it (json_head, m0011) and read by PostgreSQL, 4 windows "
+        note="each user's line is stored beside it (json_line, m0011) and read by PostgreSQL, 4 windows "
         "at once (ExportUsers); the command only writes what arrives",
     )
     export_parquet = bench.Figure(

@@ -51,7 +51,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0008_user_changes,
         m0009_metadata_by_id_range,
         m0010_notify_after_commit,
-        m0011_user_json_head,
+        m0011_user_json_line,
     )
 
     found = (
@@ -63,7 +63,7 @@ def _all_migrations() -> tuple[Migration, ...]:
         m0008_user_changes.MIGRATION,
         m0009_metadata_by_id_range.MIGRATION,
         m0010_notify_after_commit.MIGRATION,
-        m0011_user_json_head.MIGRATION,
+        m0011_user_json_line.MIGRATION,
     )
     versions = [migration.version for migration in found]
     assert versions == sorted(set(versions)), "migration versions must be unique and ordered"

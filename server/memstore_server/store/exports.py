@@ -2,10 +2,10 @@
 
 Turning a user into JSON costs a Python process about 9 µs (most of it the
 metadata Struct), more than twice what streaming its stored bytes costs in all.
-So each user's line is kept with it, up to its session count, in ``json_head``:
-a column PostgreSQL generates on every write (migration m0011, which also says
-what a line holds). A read adds the session count and the newline and joins a
-window of users into one text value: no Python touches a user on its way.
+So each user's line is kept with it, in ``json_line``: a column PostgreSQL
+generates on every write (migration m0011, which also says what a line holds). A
+read joins a window of users' lines into one value: no Python touches a user on
+its way.
 
 Windows are cut by counting ids (``window_end``), so a window holds at most
 ``WINDOW_USERS`` users however sparse the ids are, and several windows can be
@@ -18,8 +18,11 @@ order; no line holds a raw newline: JSON escapes them inside strings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import peewee
+import psycopg2.extensions
+from peewee import __exception_wrapper__ as as_peewee_errors  # type: ignore[attr-defined]
 
 from memstore_server.database import connection
 from memstore_server.filtering import Condition
@@ -31,15 +34,15 @@ from memstore_server.store.prepared import Prepared
 WINDOW_USERS = 1000
 
 
-# The line: the stored head, then the one field that moves without the user being written.
-LINE = """json_head || ',"session_count":' || session_count::text || E'}\\n'"""
+# The line, as stored.
+LINE = "json_line"
 # A window's lines, prepared.
 _WINDOW = Prepared(
     "memstore_export_window",
     ("bigint", "bigint"),
     f"SELECT count(*), max(id), string_agg({LINE}, '' ORDER BY id) FROM users WHERE id > $1 AND id <= $2",
 )
-# Where a filter's condition goes in the queries below (LINE is full of braces: no str.format).
+# Where a filter's condition goes in the queries below.
 _CONDITION = "/* condition */"
 # The same, of the users matching a filter.
 _FILTERED_WINDOW = _WINDOW.text + f" AND ({_CONDITION}) IS TRUE"
@@ -91,15 +94,15 @@ class UserExports:
 
         def read(source: peewee.Database) -> Lines:
             with connection(source) as db:
+                cursor = _bytes_cursor(db)
                 if where is None:
-                    cursor = _WINDOW.execute(db, (after, through))
+                    _WINDOW.execute(db, (after, through), cursor)
                 else:
-                    cursor = db.execute_sql(
-                        _FILTERED_WINDOW.replace(_CONDITION, where.sql), (after, through, *where.params)
-                    )
-                count, last_id, text = cursor.fetchone()
-            # JSON text of ASCII mostly: encoding it back costs a fraction of a microsecond a user.
-            return Lines((text or "").encode(), count, last_id or after)
+                    query = _FILTERED_WINDOW.replace(_CONDITION, where.sql)
+                    with as_peewee_errors:
+                        cursor.execute(query, (after, through, *where.params))
+                count, last_id, data = cursor.fetchone()
+            return Lines(data or b"", count, last_id or after)
 
         return self._reads.run(read)
 
@@ -110,7 +113,17 @@ class UserExports:
 
         def read(source: peewee.Database) -> list[tuple[int, bytes]]:
             with connection(source) as db:
-                rows = db.execute_sql(_WINDOW_ROWS.replace(_CONDITION, condition), (after, through, *params))
-                return [(int(user_id), line.encode()) for user_id, line in rows.fetchall()]
+                cursor = _bytes_cursor(db)
+                with as_peewee_errors:
+                    cursor.execute(_WINDOW_ROWS.replace(_CONDITION, condition), (after, through, *params))
+                return [(int(user_id), line) for user_id, line in cursor.fetchall()]
 
         return self._reads.run(read)
+
+
+def _bytes_cursor(db: peewee.Database) -> Any:
+    """A cursor on ``db``'s connection that fetches text as the UTF-8 bytes PostgreSQL sent:
+    lines go out as they came in, not decoded into str and encoded back."""
+    cursor = db.cursor()
+    psycopg2.extensions.register_type(psycopg2.extensions.BYTES, cursor)
+    return cursor
