@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
 from memstore_client.cli.records import create_request
+from memstore_server import exporting
 from memstore_server.config import Settings
 from memstore_server.store import exports
 
@@ -220,8 +221,24 @@ def test_every_user_comes_once_in_id_order_across_windows_and_gaps(
 ) -> None:
     messages = exported(users)
     assert [record["id"] for record in lines_of(messages)] == spread_users
-    # A window holds WINDOW_USERS users: the gaps do not make windows of a handful.
-    assert len(messages) == -(-len(spread_users) // exports.WINDOW_USERS)
+    # Windows hold the users asked for: the gaps do not make windows of a handful.
+    sizes = [message.json_lines.count("\n") for message in messages]
+    first_windows = exporting.read_ahead_for(Settings().db_pool_size)  # read before any size is known
+    assert sizes[:first_windows] == [exporting.FIRST_WINDOW] * first_windows
+    assert all(size >= exporting.FIRST_WINDOW for size in sizes[:-1]), sizes
+    # Small users: then the largest windows (or the rest of the table).
+    rest = len(spread_users) - sum(sizes[:first_windows])
+    assert sizes[first_windows] == min(max(exports.WINDOW_SIZES), rest), sizes
+
+
+@pytest.mark.parametrize(
+    ("bytes_per_user", "size"),
+    [(None, exporting.FIRST_WINDOW), (0.0, 4000), (350.0, 2000), (262.0, 4000), (100_000.0, 8), (3e6, 1)],
+)
+def test_a_window_holds_the_most_users_whose_lines_fit_its_bytes(
+    bytes_per_user: float | None, size: int
+) -> None:
+    assert exporting.window_size(bytes_per_user, 1024 * 1024) == size
 
 
 def test_an_export_resumed_from_any_cursor_gives_exactly_the_rest(
@@ -254,7 +271,7 @@ def test_windows_too_large_for_one_message_are_cut_into_several_that_fit(
     empty_store: None, db: peewee.Database, start_server: Callable[[Settings], RunningServer]
 ) -> None:
     limit = 1024 * 1024
-    ids = bulk_users(db, 1500, pad=3000)  # a window of 1,000 lines is about 3 MB
+    ids = bulk_users(db, 1500, pad=5000)  # a first window of 250 lines is about 1.3 MB
     server = start_server(Settings(listen="127.0.0.1:0", max_message_bytes=limit))
     with grpc.insecure_channel(server.target) as channel:
         stub = users_pb2_grpc.UserServiceStub(channel)
@@ -303,7 +320,10 @@ def test_a_window_is_read_through_the_primary_key_never_the_whole_table(
     after, through = spread_users[10], spread_users[900]
     with db.connection_context():
         db.execute_sql("ANALYZE users")  # the plan of a table of this size, not of an empty one
-    windows = ((exports._WINDOW, (after, through)), (exports._WINDOW_END, (after, after)))
+    windows = (
+        (exports._WINDOW, (after, through)),
+        *((exports._WINDOW_ENDS[size], (after, after)) for size in exports.WINDOW_SIZES),
+    )
     for statement, params in windows:
         plan = "\n".join(_plan(db, statement.text, params))
         assert "users_pkey" in plan, plan

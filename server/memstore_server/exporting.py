@@ -22,11 +22,25 @@ from collections.abc import AsyncIterator
 from memstore_server import metrics, responses, stream_memory
 from memstore_server.blocking import Blocking
 from memstore_server.filtering import Condition
-from memstore_server.store.exports import Lines, UserExports
+from memstore_server.store.exports import WINDOW_SIZES, Lines, UserExports
 
 # Windows read at once by one export, at most: with 4, the database backends kept busy
 # outnumber this machine's 2 cores, and more only queue.
 MAX_READ_AHEAD = 4
+# Users in each window until one has been read: then its bytes a user size the next ones.
+FIRST_WINDOW = 250
+
+
+def window_size(bytes_per_user: float | None, target_bytes: int) -> int:
+    """The most users (of WINDOW_SIZES) whose lines come to at most ``target_bytes``, at
+    ``bytes_per_user``; FIRST_WINDOW while that is not known yet.
+
+    Large windows make an export fast (4,000 users of 350 bytes went 20% faster than
+    1,000: a fifth of the statements and messages); sized by bytes, a window of the
+    largest users (100 KB each) is 20 of them, not a string of 400 MB to hold."""
+    if bytes_per_user is None:
+        return FIRST_WINDOW
+    return next((size for size in WINDOW_SIZES if size * bytes_per_user <= target_bytes), 1)
 
 
 def read_ahead_for(pool_size: int) -> int:
@@ -43,33 +57,39 @@ class Export:
         self._run = run
         self._max_bytes = max_message_bytes
         self._read_ahead = read_ahead
+        # A window's lines come to about half a message: room for users larger than the last.
+        self._window_bytes = max_message_bytes // 2
 
     async def stream(self, cursor: int, where: Condition | None) -> AsyncIterator[bytes]:
         """Every user after ``cursor`` (matching ``where``) as serialized ExportUsersResponses."""
-        reading: deque[tuple[int, int, asyncio.Future[Lines]]] = deque()
+        reading: deque[tuple[int, int, int, asyncio.Future[Lines]]] = deque()
         after, table_ended = cursor, False
+        bytes_per_user: float | None = None
         try:
             while True:
                 while len(reading) < self._read_ahead and not table_ended:
-                    end = await self._run(self._store.window_end, after)
+                    size = window_size(bytes_per_user, self._window_bytes)
+                    end = await self._run(self._store.window_end, after, size)
                     if end is None:
                         table_ended = True
                         break
                     lines = asyncio.ensure_future(
                         self._run.bulk(_lines_bytes, self._read_ahead, self._store.lines, after, end, where)
                     )
-                    reading.append((after, end, lines))
+                    reading.append((after, end, size, lines))
                     after = end
                 if not reading:
                     return
-                start, end, first = reading[0]
+                start, end, size, first = reading[0]
                 window = await first
                 reading.popleft()
+                # Per user read, matching or not: a filter's window costs what it reads.
+                bytes_per_user = len(window.data) / size
                 for message, count in await self._messages(start, end, window, where):
                     yield message
                     metrics.USERS_STREAMED.inc(count)
         finally:
-            for _, _, unfinished in reading:
+            for *_, unfinished in reading:
                 unfinished.cancel()
 
     async def _messages(

@@ -7,9 +7,9 @@ generates on every write (migration m0011, which also says what a line holds). A
 read joins a window of users' lines into one value: no Python touches a user on
 its way.
 
-Windows are cut by counting ids (``window_end``), so a window holds at most
-``WINDOW_USERS`` users however sparse the ids are, and several windows can be
-read at once, each on its own connection (exporting.py).
+Windows are cut by counting ids (``window_end``), so a window holds the number
+of users asked for however sparse the ids are, and several windows can be read
+at once, each on its own connection (exporting.py, which sizes them by bytes).
 
 Each line holds the fields of the User message, with its JSON names, in its
 order; no line holds a raw newline: JSON escapes them inside strings.
@@ -29,9 +29,9 @@ from memstore_server.filtering import Condition
 from memstore_server.replica import Reads
 from memstore_server.store.prepared import Prepared
 
-# Users per window: one statement's work. Lines of small users fit one message; a window of
-# large ones (up to about 100 KB a line) is read again row by row and cut (exporting.py).
-WINDOW_USERS = 1000
+# The users a window may hold: one statement's work. exporting.py takes the largest whose lines
+# come to about its bytes per window (4,000 users of about 350 bytes, 20 of 100 KB).
+WINDOW_SIZES = (4000, 2000, 1000, 500, 250, 120, 60, 30, 15, 8, 4, 2, 1)
 
 
 # The line, as stored.
@@ -50,16 +50,19 @@ _FILTERED_WINDOW = _WINDOW.text + f" AND ({_CONDITION}) IS TRUE"
 _WINDOW_ROWS = (
     f"SELECT id, {LINE} FROM users WHERE id > %s AND id <= %s AND ({_CONDITION}) IS TRUE ORDER BY id"
 )
-# The id that ends the window after a cursor: the WINDOW_USERS-th id after it, or the last id
-# when fewer are left (NULL: none), read from the primary key alone (about 0.3 ms).
-# The offset is written in, not a parameter: a generic plan for an unknown offset may sort the
-# table instead of walking the primary key.
-_WINDOW_END = Prepared(
-    "memstore_export_window_end",
-    ("bigint", "bigint"),  # the cursor twice: unprepared, each placeholder takes one
-    f"SELECT coalesce((SELECT id FROM users WHERE id > $1 ORDER BY id OFFSET {WINDOW_USERS - 1} LIMIT 1), "
-    "(SELECT max(id) FROM users WHERE id > $2))",
-)
+# The id that ends the window of ``size`` users after a cursor: the size-th id after it, or the
+# last id when fewer are left (NULL: none), read from the primary key alone (about 0.3 ms a
+# thousand). The offset is written in, not a parameter: a generic plan for an unknown offset
+# may sort the table instead of walking the primary key; so there is one statement per size.
+_WINDOW_ENDS = {
+    size: Prepared(
+        f"memstore_export_window_end_{size}",
+        ("bigint", "bigint"),  # the cursor twice: unprepared, each placeholder takes one
+        f"SELECT coalesce((SELECT id FROM users WHERE id > $1 ORDER BY id OFFSET {size - 1} LIMIT 1), "
+        "(SELECT max(id) FROM users WHERE id > $2))",
+    )
+    for size in WINDOW_SIZES
+}
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,13 @@ class UserExports:
     def __init__(self, reads: Reads) -> None:
         self._reads = reads
 
-    def window_end(self, after: int) -> int | None:
-        """The last id of the window after the id ``after``, which holds the next WINDOW_USERS
-        users (fewer at the end of the table); None when no user comes after ``after``."""
+    def window_end(self, after: int, size: int) -> int | None:
+        """The last id of the window after the id ``after`` that holds the next ``size`` users
+        (one of WINDOW_SIZES; fewer at the end of the table); None when no user comes after."""
 
         def read(source: peewee.Database) -> int | None:
             with connection(source) as db:
-                (end,) = _WINDOW_END.execute(db, (after, after)).fetchone()
+                (end,) = _WINDOW_ENDS[size].execute(db, (after, after)).fetchone()
             return None if end is None else int(end)
 
         return self._reads.run(read)
