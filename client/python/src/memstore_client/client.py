@@ -171,7 +171,7 @@ class UserClient:
     def export_json_lines(self, cursor: int = 0, *, filter: str = "") -> Iterator[str]:
         """Every user after ``cursor`` (only those matching ``filter`` when given) as JSON lines
         built by the server (ExportUsers): blocks of whole lines, each ending in a newline, in id
-        order, up to 1,000 users a block. What ``memstore export`` writes; far cheaper than
+        order, up to 4,000 users a block. What ``memstore export`` writes; far cheaper than
         turning ``list_chunked``'s users into JSON here.
 
         A stream broken by a retryable status is resumed after the last block received, so no
