@@ -430,6 +430,18 @@ def wait_until_serving(process: Process, target: str, timeout: float = START_TIM
     pytest.fail(f"not SERVING after {timeout:.0f}s ({last}); log:\n{process.log()}")
 
 
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process ``pid``, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+# A client whose receive window stays at 64 KiB: what a reader that stopped reading looks like.
+STALLED_READER_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
+
+
 def wait_for_path_to_vanish(path: Path, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while path.exists() and time.monotonic() < deadline:

@@ -25,12 +25,14 @@ from memstore.v1 import users_pb2, users_pb2_grpc
 from memstore_server.config import Settings
 
 from tests.support import (
+    STALLED_READER_OPTIONS,
     TIMEOUT,
     RunningServer,
     as_url,
     bulk_users,
     details_of,
     free_port,
+    rss_bytes,
     running,
     scrape_metrics,
     unique,
@@ -40,8 +42,6 @@ from tests.support import (
 
 API_KEY = "starvation-test-key"
 CREDENTIALS = (("authorization", f"Bearer {API_KEY}"),)
-# A client whose receive window stays at 64 KiB: what a reader that stopped reading looks like.
-STALLED_READER_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
 # 50 users of ~4 KiB per chunk: one chunk is more than the window lets through.
 STALLING_CHUNK = 50
 
@@ -213,13 +213,6 @@ def test_streams_beyond_the_limit_are_refused_with_too_many_streams(
             assert sum(len(chunk.users) for chunk in chunks) >= len(stored_users)
 
 
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
-
-
 def _call_unknown_methods(target: str, count: int, tag: str) -> set[grpc.StatusCode]:
     """``count`` calls, each to a distinct made-up method with a path of about 500 characters."""
     codes: set[grpc.StatusCode] = set()
@@ -248,8 +241,8 @@ def test_unknown_methods_are_unimplemented_and_cost_no_memory(database_url: str,
         wait_until_serving(server, target)
         # Warm up: gRPC's and the allocator's own one-off growth is not ours to count.
         assert _call_unknown_methods(target, 4000, "warm") == {grpc.StatusCode.UNIMPLEMENTED}
-        before = _rss_bytes(server.popen.pid)
+        before = rss_bytes(server.popen.pid)
         assert _call_unknown_methods(target, 20_000, "probe") == {grpc.StatusCode.UNIMPLEMENTED}
-        growth = _rss_bytes(server.popen.pid) - before
+        growth = rss_bytes(server.popen.pid) - before
         assert growth < 15 * 1024 * 1024, f"RSS grew {growth / 2**20:.1f} MiB over 20,000 unknown methods"
         assert server.popen.poll() is None

@@ -26,11 +26,13 @@ from memstore_server.config import ConfigError, Settings
 from memstore_server.store.user_messages import refill
 
 from tests.support import (
+    STALLED_READER_OPTIONS,
     TIMEOUT,
     RunningServer,
     as_url,
     bulk_users,
     free_port,
+    rss_bytes,
     running,
     scrape_metrics,
     unique,
@@ -38,8 +40,6 @@ from tests.support import (
     wait_until_serving,
 )
 
-# A client whose receive window stays at 64 KiB: what a reader that stopped reading looks like.
-STALLED_READER_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
 USERS = 3000
 PAD = 3000  # bytes of metadata a user: a page of 1,000 is about 3 MB
 BUDGET = 16 * 1024 * 1024
@@ -90,13 +90,6 @@ def never_read(target: str, count: int) -> Iterator[None]:
             channel.close()
 
 
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
-
-
 @pytest.mark.process
 def test_hundreds_of_streams_that_never_read_stay_within_the_budget(
     database_url: str, large_users: list[int], tmp_path: Path
@@ -125,7 +118,7 @@ def test_hundreds_of_streams_that_never_read_stay_within_the_budget(
         users = users_pb2_grpc.UserServiceStub(channel)
         user_id = unique("still-served")
         users.CreateUser(users_pb2.CreateUserRequest(user_id=user_id), timeout=TIMEOUT)
-        rss_before = _rss_bytes(process.popen.pid)
+        rss_before = rss_bytes(process.popen.pid)
 
         with never_read(target, 100):
             assert wait_for(lambda: metric("memstore_open_streams") >= 300, 60), metric(
@@ -137,7 +130,7 @@ def test_hundreds_of_streams_that_never_read_stay_within_the_budget(
             for _ in range(20):
                 held.append(metric("memstore_stream_held_bytes"))
                 time.sleep(0.1)
-            rss_during = _rss_bytes(process.popen.pid)
+            rss_during = rss_bytes(process.popen.pid)
 
             def timed_get(_: int) -> float:
                 started = time.perf_counter()
