@@ -190,46 +190,21 @@ export class UserClient {
     cursor: number | bigint = 0,
     options: StreamOptions = {},
   ): AsyncGenerator<User[], void, undefined> {
-    const policy = this.#resume;
-    const retryable = new Set<number>(policy.retryable.map((name) => StatusCode[name]));
-    let next = toCursor(cursor);
-    let failures = 0;
-    for (;;) {
-      // Ends this attempt's stream when the caller stops iterating early, or it breaks.
-      const attempt = new AbortController();
-      const signal = options.signal === undefined ? attempt.signal : AbortSignal.any([options.signal, attempt.signal]);
-      try {
-        const request = { chunkSize, cursor: next, filter: options.filter ?? "" };
-        for await (const message of this.#stub.listUsersChunked(request, { signal })) {
-          failures = 0;
-          next = message.nextCursor;
-          yield message.users.map(userFromMessage);
-          if (next === 0n) return;
-        }
-        return;
-      } catch (reason) {
-        const error = toCallError(reason, options.signal);
-        failures += 1;
-        if (options.signal?.aborted || !retryable.has(error.code) || failures >= policy.maxAttempts) {
-          throw error;
-        }
-        const delayMs = backoffDelay(policy, failures);
-        policy.onResume?.({ cursor: Number(next), attempt: failures, delayMs, error });
-        try {
-          await sleep(delayMs, options.signal);
-        } catch {
-          throw error;
-        }
-      } finally {
-        attempt.abort();
-      }
-    }
+    const filter = options.filter ?? "";
+    const messages = resumedByCursor(
+      (next, signal) => this.#stub.listUsersChunked({ chunkSize, cursor: next, filter }, { signal }),
+      toCursor(cursor),
+      this.#resume,
+      options.signal,
+      { lastHasCursor0: true },
+    );
+    for await (const message of messages) yield message.users.map(userFromMessage);
   }
 
   /**
    * Every user after `cursor` (matching `options.filter`) as JSON lines that the server
    * builds (ExportUsers, what `memstore export` writes): each string is whole lines, each
-   * ending in "\n", up to 1,000 users, in id order. Far cheaper than serializing
+   * ending in "\n", up to 4,000 users, in id order. Far cheaper than serializing
    * `listChunked`'s users. A stream broken by a retryable status is reopened after the
    * last block received, so no user comes twice and none is missed. No deadline; abort it
    * with `options.signal`, or stop iterating.
@@ -238,38 +213,15 @@ export class UserClient {
     cursor: number | bigint = 0,
     options: StreamOptions = {},
   ): AsyncGenerator<string, void, undefined> {
-    const policy = this.#resume;
-    const retryable = new Set<number>(policy.retryable.map((name) => StatusCode[name]));
-    let next = toCursor(cursor);
-    let failures = 0;
-    for (;;) {
-      const attempt = new AbortController();
-      const signal = options.signal === undefined ? attempt.signal : AbortSignal.any([options.signal, attempt.signal]);
-      try {
-        const request = { cursor: next, filter: options.filter ?? "" };
-        for await (const message of this.#stub.exportUsers(request, { signal })) {
-          failures = 0;
-          next = message.nextCursor;
-          yield message.jsonLines;
-        }
-        return; // ended without an error: every user was sent
-      } catch (reason) {
-        const error = toCallError(reason, options.signal);
-        failures += 1;
-        if (options.signal?.aborted || !retryable.has(error.code) || failures >= policy.maxAttempts) {
-          throw error;
-        }
-        const delayMs = backoffDelay(policy, failures);
-        policy.onResume?.({ cursor: Number(next), attempt: failures, delayMs, error });
-        try {
-          await sleep(delayMs, options.signal);
-        } catch {
-          throw error;
-        }
-      } finally {
-        attempt.abort();
-      }
-    }
+    const filter = options.filter ?? "";
+    const messages = resumedByCursor(
+      (next, signal) => this.#stub.exportUsers({ cursor: next, filter }, { signal }),
+      toCursor(cursor),
+      this.#resume,
+      options.signal,
+      { lastHasCursor0: false },
+    );
+    for await (const message of messages) yield message.jsonLines;
   }
 
   /**
@@ -413,6 +365,53 @@ export class MemstoreClient {
   /** Ends the connection; calls in flight fail with UnavailableError or CancelledError. */
   close(): void {
     this.#sessions.abort();
+  }
+}
+
+/**
+ * The messages of a stream read by cursor (ListUsersChunked, ExportUsers), reopened after the
+ * last `nextCursor` received when a retryable status breaks it, within the resume policy; so
+ * no user comes twice and none is missed. `lastHasCursor0`: the stream marks its last message
+ * with cursor 0 (ListUsersChunked), and ends there.
+ */
+async function* resumedByCursor<M extends { nextCursor: bigint }>(
+  open: (cursor: bigint, signal: AbortSignal) => AsyncIterable<M>,
+  cursor: bigint,
+  policy: ResumePolicy,
+  callerSignal: AbortSignal | undefined,
+  { lastHasCursor0 }: { lastHasCursor0: boolean },
+): AsyncGenerator<M, void, undefined> {
+  const retryable = new Set<number>(policy.retryable.map((name) => StatusCode[name]));
+  let next = cursor;
+  let failures = 0;
+  for (;;) {
+    // Ends this attempt's stream when the caller stops iterating early, or it breaks.
+    const attempt = new AbortController();
+    const signal = callerSignal === undefined ? attempt.signal : AbortSignal.any([callerSignal, attempt.signal]);
+    try {
+      for await (const message of open(next, signal)) {
+        failures = 0;
+        next = message.nextCursor;
+        yield message;
+        if (lastHasCursor0 && next === 0n) return;
+      }
+      return;
+    } catch (reason) {
+      const error = toCallError(reason, callerSignal);
+      failures += 1;
+      if (callerSignal?.aborted || !retryable.has(error.code) || failures >= policy.maxAttempts) {
+        throw error;
+      }
+      const delayMs = backoffDelay(policy, failures);
+      policy.onResume?.({ cursor: Number(next), attempt: failures, delayMs, error });
+      try {
+        await sleep(delayMs, callerSignal);
+      } catch {
+        throw error;
+      }
+    } finally {
+      attempt.abort();
+    }
   }
 }
 

@@ -11,6 +11,7 @@ import grpc
 import grpc.aio
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
 
+from memstore_client._resuming import resumed_async
 from memstore_client._transport import (
     DEFAULT_TIMEOUT,
     ChannelOptions,
@@ -130,52 +131,23 @@ class AsyncUserClient:
     ) -> AsyncIterator[Users]:
         """As MemstoreClient.user.list_chunked: resumes a broken stream from its last cursor."""
         chunk_size = chunk_size_argument(chunk_size, chunkSize)
-        failures = 0
-        while True:
-            request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=cursor, filter=filter)
-            stream = self._stub.ListUsersChunked(request, metadata=self._call.metadata)
-            received = False
-            try:
-                async for message in stream:
-                    chunk = [user_from_proto(user) for user in message.users]
-                    failures = 0
-                    received = True
-                    cursor = message.next_cursor
-                    yield chunk
-                    if cursor == 0:
-                        return
-                if not received:
-                    return  # nothing (more) after the cursor
-                # It ended without its final message (next_cursor 0): ask again from where it stopped.
-            except grpc.aio.AioRpcError as error:
-                failures += 1
-                delay = self._resume.delay(error.code(), failures)
-                if delay is None:
-                    raise translate(error) from None
-                await asyncio.sleep(delay)
-            finally:
-                stream.cancel()
+
+        def open_stream(after: int) -> AsyncIterator[users_pb2.ListUsersChunkedResponse]:
+            request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=after, filter=filter)
+            return self._stub.ListUsersChunked(request, metadata=self._call.metadata)  # type: ignore[no-any-return]
+
+        async for message in resumed_async(open_stream, cursor, self._resume, last_has_cursor_0=True):
+            yield [user_from_proto(user) for user in message.users]
 
     async def export_json_lines(self, cursor: int = 0, *, filter: str = "") -> AsyncIterator[str]:
         """As MemstoreClient.user.export_json_lines: resumes a broken stream after its last block."""
-        failures = 0
-        while True:
-            request = users_pb2.ExportUsersRequest(cursor=cursor, filter=filter)
-            stream = self._stub.ExportUsers(request, metadata=self._call.metadata)
-            try:
-                async for message in stream:
-                    failures = 0
-                    cursor = message.next_cursor
-                    yield message.json_lines
-                return  # ended without an error: every user was sent
-            except grpc.aio.AioRpcError as error:
-                failures += 1
-                delay = self._resume.delay(error.code(), failures)
-                if delay is None:
-                    raise translate(error) from None
-                await asyncio.sleep(delay)
-            finally:
-                stream.cancel()
+
+        def open_stream(after: int) -> AsyncIterator[users_pb2.ExportUsersResponse]:
+            request = users_pb2.ExportUsersRequest(cursor=after, filter=filter)
+            return self._stub.ExportUsers(request, metadata=self._call.metadata)  # type: ignore[no-any-return]
+
+        async for message in resumed_async(open_stream, cursor, self._resume, last_has_cursor_0=False):
+            yield message.json_lines
 
     async def watch(
         self, resume_token: str = "", send_initial: bool = False

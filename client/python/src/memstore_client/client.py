@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 from memstore.v1 import sessions_pb2, sessions_pb2_grpc, users_pb2, users_pb2_grpc
 
+from memstore_client._resuming import resumed
 from memstore_client._transport import (
     DEFAULT_TIMEOUT,
     ChannelOptions,
@@ -142,31 +143,13 @@ class UserClient:
         reference page's name for ``chunk_size``, accepted so its example runs as written.
         """
         chunk_size = chunk_size_argument(chunk_size, chunkSize)
-        failures = 0
-        while True:
-            request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=cursor, filter=filter)
-            stream = self._stub.ListUsersChunked(request, metadata=self._call.metadata)
-            received = False
-            try:
-                for message in stream:
-                    chunk = [user_from_proto(user) for user in message.users]
-                    failures = 0
-                    received = True
-                    cursor = message.next_cursor
-                    yield chunk
-                    if cursor == 0:
-                        return
-                if not received:
-                    return  # nothing (more) after the cursor
-                # It ended without its final message (next_cursor 0): ask again from where it stopped.
-            except grpc.RpcError as error:
-                failures += 1
-                delay = self._resume.delay(error.code(), failures)
-                if delay is None:
-                    raise translate(error) from None
-                time.sleep(delay)
-            finally:
-                stream.cancel()
+
+        def open_stream(after: int) -> Iterator[users_pb2.ListUsersChunkedResponse]:
+            request = users_pb2.ListUsersChunkedRequest(chunk_size=chunk_size, cursor=after, filter=filter)
+            return self._stub.ListUsersChunked(request, metadata=self._call.metadata)  # type: ignore[no-any-return]
+
+        for message in resumed(open_stream, cursor, self._resume, last_has_cursor_0=True):
+            yield [user_from_proto(user) for user in message.users]
 
     def export_json_lines(self, cursor: int = 0, *, filter: str = "") -> Iterator[str]:
         """Every user after ``cursor`` (only those matching ``filter`` when given) as JSON lines
@@ -177,24 +160,13 @@ class UserClient:
         A stream broken by a retryable status is resumed after the last block received, so no
         user comes twice and none is missed. The stream has no deadline.
         """
-        failures = 0
-        while True:
-            request = users_pb2.ExportUsersRequest(cursor=cursor, filter=filter)
-            stream = self._stub.ExportUsers(request, metadata=self._call.metadata)
-            try:
-                for message in stream:
-                    failures = 0
-                    cursor = message.next_cursor
-                    yield message.json_lines
-                return  # ended without an error: every user was sent
-            except grpc.RpcError as error:
-                failures += 1
-                delay = self._resume.delay(error.code(), failures)
-                if delay is None:
-                    raise translate(error) from None
-                time.sleep(delay)
-            finally:
-                stream.cancel()
+
+        def open_stream(after: int) -> Iterator[users_pb2.ExportUsersResponse]:
+            request = users_pb2.ExportUsersRequest(cursor=after, filter=filter)
+            return self._stub.ExportUsers(request, metadata=self._call.metadata)  # type: ignore[no-any-return]
+
+        for message in resumed(open_stream, cursor, self._resume, last_has_cursor_0=False):
+            yield message.json_lines
 
     def watch(
         self, resume_token: str = "", send_initial: bool = False

@@ -16,7 +16,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,13 +26,14 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from memstore.v1 import users_pb2
 
+from memstore_client._resuming import resumed
 from memstore_client._transport import ResumePolicy
 from memstore_client.cli import parquet, progress
 from memstore_client.cli.connection import Connection, server_failure
 from memstore_client.cli.exits import USAGE_ERROR, CommandError
 from memstore_client.cli.output import AtomicFile, HashingWriter, stdout_writer, write_atomically
 from memstore_client.cli.watch import current_resume_token
-from memstore_client.errors import translate
+from memstore_client.errors import MemstoreError
 
 CHUNK_SIZE = 1000
 FORMATS = ("jsonl", "parquet")
@@ -234,33 +235,24 @@ class Stream:
         call = connection.channel.unary_stream(
             self.method, request_serializer=self.request_type.SerializeToString, response_deserializer=None
         )
-        policy = ResumePolicy()
-        failures = 0
-        while True:
-            stream: Any = call(request, metadata=connection.metadata)
-            received = False
-            try:
-                for data in stream:
-                    failures, received = 0, True
-                    yield data
-                    cursor = next_cursor(data)
-                    if cursor == 0 and self.last_has_cursor_0:
-                        return
-                    request.cursor = cursor
-                if not received or not self.last_has_cursor_0:
-                    return  # no (more) users after the cursor, or all of them
-                # It ended without its last message (next_cursor 0): ask again from where it stopped.
-            except grpc.RpcError as error:
-                failures += 1
-                delay = policy.delay(error.code(), failures)
-                if delay is None:
-                    failure = translate(error)
-                    if failure.reason == "INVALID_FILTER":
-                        raise CommandError(f"--filter: {failure.message}", USAGE_ERROR) from None
-                    raise server_failure(failure, self.method.rsplit("/", 1)[-1]) from None
-                time.sleep(delay)
-            finally:
-                stream.cancel()
+
+        def open_stream(after: int) -> Iterable[bytes]:
+            request.cursor = after
+            stream: Iterable[bytes] = call(request, metadata=connection.metadata)
+            return stream
+
+        try:
+            yield from resumed(
+                open_stream,
+                request.cursor,
+                ResumePolicy(),
+                last_has_cursor_0=self.last_has_cursor_0,
+                cursor_of=next_cursor,
+            )
+        except MemstoreError as failure:
+            if failure.reason == "INVALID_FILTER":
+                raise CommandError(f"--filter: {failure.message}", USAGE_ERROR) from None
+            raise server_failure(failure, self.method.rsplit("/", 1)[-1]) from None
 
 
 _LIST_USERS_CHUNKED = Stream(
