@@ -24,6 +24,7 @@ from memstore_client.cli.records import create_request
 from memstore_server import exporting
 from memstore_server.config import Settings
 from memstore_server.store import exports
+from memstore_server.validation import MAX_METADATA_BYTES
 
 from tests.support import (
     EXPORTED_FIELDS,
@@ -279,6 +280,48 @@ def test_windows_too_large_for_one_message_are_cut_into_several_that_fit(
     assert all(message.ByteSize() <= limit for message in messages)
     assert len(messages) > 4
     assert [record["id"] for record in lines_of(messages)] == ids
+
+
+def test_users_at_the_metadata_limit_come_back_in_small_windows_a_stock_client_reads(
+    start_server: Callable[[Settings], RunningServer], empty_store: None, db: peewee.Database
+) -> None:
+    """Metadata at the size limit, escaped six bytes a character in JSON: after the first window,
+    windows are sized by bytes (a few such users each), every message fits, every line reads
+    back in a stock client as GetUser returns the user."""
+    limit = 1024 * 1024
+    characters = (MAX_METADATA_BYTES - 100) // 6  # chr(1) is stored as "\u0001": 6 bytes
+    with db.connection_context():
+        ids = [
+            row[0]
+            for row in db.execute_sql(
+                "INSERT INTO users (user_id, metadata) SELECT 'largest-' || g || '-' || md5(random()::text), "
+                "jsonb_build_object('pad', repeat(chr(1), %s)) "
+                "FROM generate_series(1, 300) AS g RETURNING id",
+                (characters,),
+            ).fetchall()
+        ]
+    # One window read ahead, so only the first is sized before any bytes are known.
+    server = start_server(Settings(listen="127.0.0.1:0", max_message_bytes=limit, db_pool_size=4))
+    assert exporting.read_ahead_for(4) == 1
+    with grpc.insecure_channel(server.target) as channel:
+        stub = users_pb2_grpc.UserServiceStub(channel)
+        messages = exported(stub)
+        records = lines_of(messages)
+        assert [record["id"] for record in records] == sorted(ids)
+        for record in records[::37]:
+            got = stub.GetUser(users_pb2.GetUserRequest(user_id=record["user_id"]), timeout=TIMEOUT).user
+            assert json_format.MessageToDict(struct(record["metadata"])) == json_format.MessageToDict(
+                got.metadata
+            )
+            assert len(record["metadata"]["pad"]) == characters
+    assert all(message.ByteSize() <= limit for message in messages)
+    # The first window (250 users, about 16 MB) was read again user by user and cut; after it, a
+    # window holds what fits half a message: at most 8 lines of about 64 KB.
+    after_first = [
+        message.json_lines.count("\n") for message in messages if message.next_cursor > sorted(ids)[249]
+    ]
+    assert after_first
+    assert max(after_first) <= 8, after_first
 
 
 # ------------------------------------------------------------------ errors and the plan
